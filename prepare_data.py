@@ -1,0 +1,14 @@
+#!/usr/bin/env python
+"""Stage 1: Label Studio JSON export + S3 audio -> Whisper feature cache in processed_data/.
+
+    python prepare_data.py [CONFIG.yaml] [--annotations export.json] [--output-dir processed_data] ...
+
+Run with --help for every setting. S3 settings come from the environment or .env.
+"""
+
+import sys
+
+from whisper_pipeline.prepare import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,330 @@
+"""The feature cache: the one module that knows its on-disk layout and format version.
+
+    processed_data/
+      train/, validation/      datasets.save_to_disk folders (load with datasets.load_from_disk)
+      recordings.json          each recording's key and outcome (rows, skips, seconds): what a rebuild reuses
+      prepare_report.json      written last, atomically: its presence and fingerprint mark a complete cache
+      .staging/                per-recording shards of a build in progress (kept across kills, removed at
+                               the end): a shard `<key>.arrow` plus `<key>.json`, the json written last
+      .lock                    one writer at a time
+
+Features are stored unpadded (time-major float16 frames that hold audio) with the single value every
+padding frame takes, so the padded 30 s input is reconstructed exactly (see features.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+from datasets import Array2D, Features, List, Value
+from datasets.arrow_writer import ArrowWriter
+from filelock import FileLock, Timeout
+
+from whisper_pipeline.errors import CacheError
+from whisper_pipeline.segments import SPLITS
+
+FORMAT_VERSION = 1
+REPORT_NAME = "prepare_report.json"
+RECORDINGS_NAME = "recordings.json"  # per-recording outcome (rows, skips, seconds), for reuse
+STAGING_NAME = ".staging"
+PROCESSOR_FILES = (
+    "preprocessor_config.json",
+    "tokenizer.json",
+    "vocab.json",
+    "merges.txt",
+    "normalizer.json",
+    "added_tokens.json",
+    "special_tokens_map.json",
+)
+
+
+def cache_features(num_mel_bins: int) -> Features:
+    """The row schema of both splits."""
+    return Features(
+        {
+            "input_features": Array2D(shape=(None, num_mel_bins), dtype="float16"),
+            "pad_value": Value("float32"),
+            "labels": List(Value("int32")),
+            "text": Value("string"),
+            "audio_uri": Value("string"),
+            "task_id": Value("string"),
+            "segment_id": Value("string"),
+            "start": Value("float64"),
+            "end": Value("float64"),
+            "augmentation": Value("int8"),
+            "recording_key": Value("string"),
+        }
+    )
+
+
+def stable_hash(value: Any) -> str:
+    """sha256 of a JSON-serialisable value, key order independent: the basis of every fingerprint."""
+    encoded = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return hashlib.sha256(encoded.encode()).hexdigest()
+
+
+def processor_fingerprint(model_dir: Path) -> str:
+    """Identity of the tokenizer and feature extractor files: the weights do not shape the cache."""
+    digest = hashlib.sha256()
+    for name in PROCESSOR_FILES:
+        path = model_dir / name
+        if path.is_file():
+            digest.update(name.encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write via a temporary file and rename: readers see the old file or the whole new one."""
+    temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(temporary, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+    _fsync_directory(path.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+@dataclass(frozen=True)
+class CacheLayout:
+    root: Path
+
+    @property
+    def report_path(self) -> Path:
+        return self.root / REPORT_NAME
+
+    @property
+    def staging(self) -> Path:
+        return self.root / STAGING_NAME
+
+    def split_dir(self, split: str) -> Path:
+        return self.root / split
+
+
+@contextmanager
+def exclusive_lock(root: Path) -> Iterator[None]:
+    """One writer per cache folder; a second run refuses at once with a clear message."""
+    root.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(root / ".lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise CacheError(
+            f"another prepare_data.py run is writing {root} (lock {root / '.lock'}); wait for it to finish"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def read_report(root: Path) -> dict[str, Any] | None:
+    """The report of a complete cache, or None when there is none (or it is unreadable)."""
+    try:
+        report = json.loads((root / REPORT_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return report if isinstance(report, dict) else None
+
+
+@dataclass(frozen=True)
+class ShardResult:
+    """What processing one recording produced: rows in `<key>.arrow` (if any), the rest in json."""
+
+    key: str
+    rows: int
+    meta: Mapping[str, Any]
+
+
+class ShardStore:
+    """Per-recording results of the build in progress; survive kill -9, so a rerun resumes."""
+
+    def __init__(self, layout: CacheLayout, features: Features):
+        self.directory = layout.staging
+        self.features = features
+        self.directory.mkdir(parents=True, exist_ok=True)
+
+    def arrow_path(self, key: str) -> Path:
+        return self.directory / f"{key}.arrow"
+
+    def load(self, key: str) -> ShardResult | None:
+        """A finished shard, or None: the json is written last, so its presence means complete."""
+        try:
+            meta = json.loads((self.directory / f"{key}.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        if meta["rows"] and not self.arrow_path(key).is_file():
+            return None
+        return ShardResult(key, meta["rows"], meta)
+
+    def write(self, key: str, rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> ShardResult:
+        if rows:
+            temporary = self.directory / f".{key}.arrow.tmp"
+            writer = ArrowWriter(features=self.features, path=str(temporary))
+            for row in rows:
+                writer.write(dict(row))
+            writer.finalize()
+            writer.close()
+            os.replace(temporary, self.arrow_path(key))
+        full_meta = {**meta, "rows": len(rows)}
+        atomic_write_bytes(self.directory / f"{key}.json", json.dumps(full_meta, sort_keys=True).encode())
+        return ShardResult(key, len(rows), full_meta)
+
+    def clear(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def load_split(root: Path, split: str) -> datasets.Dataset:
+    return datasets.load_from_disk(str(root / split))
+
+
+@dataclass(frozen=True)
+class PreviousRecording:
+    """A recording in the current complete cache: reused as is when its key is unchanged."""
+
+    meta: Mapping[str, Any]
+    split: str
+    indices: tuple[int, ...]
+
+
+def previous_recordings(root: Path) -> dict[str, PreviousRecording]:
+    """recording_key -> its rows and meta in the current complete cache, for incremental rebuilds."""
+    report = read_report(root)
+    if report is None or report.get("format_version") != FORMAT_VERSION:
+        return {}
+    try:
+        metas = json.loads((root / RECORDINGS_NAME).read_text(encoding="utf-8"))
+        indices: dict[str, list[int]] = {}
+        for split in SPLITS:
+            for index, key in enumerate(load_split(root, split)["recording_key"]):
+                indices.setdefault(key, []).append(index)
+    except (OSError, ValueError, KeyError):
+        return {}
+    return {
+        key: PreviousRecording(meta, meta["split"], tuple(indices.get(key, ())))
+        for key, meta in metas.items()
+        if len(indices.get(key, ())) == meta["rows"]
+    }
+
+
+@dataclass(frozen=True)
+class RowSource:
+    """Where one recording's rows come from at the end of a build: a new shard or the previous cache."""
+
+    split: str
+    shard: Path | None = None
+    previous_indices: tuple[int, ...] = ()
+
+
+def finalize(
+    layout: CacheLayout,
+    sources: Sequence[RowSource],
+    features: Features,
+    recordings: Mapping[str, Mapping[str, Any]],
+    make_report: Callable[[int], Mapping[str, Any]],
+) -> Mapping[str, Any]:
+    """Write both splits in the order of `sources`, swap them in, then write the report last.
+
+    From the moment the old report is removed until the new one is written the folder holds no report,
+    so an interrupted swap is never taken for a complete cache; the rerun rebuilds from the staged shards.
+    `make_report(cache_bytes)` gives the report once the size of the new cache is known.
+    """
+    build = layout.root / ".build"
+    shutil.rmtree(build, ignore_errors=True)
+    build.mkdir(parents=True)
+    previous: dict[str, datasets.Dataset] = {}
+    for split in SPLITS:
+        parts = []
+        for source in sources:
+            if source.split != split:
+                continue
+            if source.shard is not None:
+                parts.append(datasets.Dataset.from_file(str(source.shard)))
+            elif source.previous_indices:
+                if split not in previous:
+                    previous[split] = load_split(layout.root, split)
+                parts.append(previous[split].select(source.previous_indices))
+        dataset = (
+            datasets.concatenate_datasets(parts)
+            if parts
+            else datasets.Dataset.from_dict({name: [] for name in features}, features=features)
+        )
+        dataset.save_to_disk(str(build / split))
+    (build / RECORDINGS_NAME).write_text(json.dumps(recordings, sort_keys=True), encoding="utf-8")
+    cache_bytes = sum(path.stat().st_size for path in build.rglob("*") if path.is_file())
+    report = make_report(cache_bytes)
+
+    layout.report_path.unlink(missing_ok=True)
+    _fsync_directory(layout.root)
+    retired = layout.root / ".retired"
+    shutil.rmtree(retired, ignore_errors=True)
+    retired.mkdir()
+    for name in (*SPLITS, RECORDINGS_NAME):
+        if (layout.root / name).exists():
+            os.replace(layout.root / name, retired / name)
+        os.replace(build / name, layout.root / name)
+    _fsync_directory(layout.root)
+    atomic_write_bytes(layout.report_path, json.dumps(dict(report), indent=2, ensure_ascii=False).encode())
+    shutil.rmtree(retired, ignore_errors=True)
+    shutil.rmtree(build, ignore_errors=True)
+    return report
+
+
+@dataclass(frozen=True)
+class PreparedCache:
+    """A complete cache as the trainer sees it."""
+
+    root: Path
+    train: datasets.Dataset
+    validation: datasets.Dataset
+    report: Mapping[str, Any]
+
+    @property
+    def fingerprint(self) -> str:
+        return self.report["fingerprint"]
+
+
+def open_cache(root: Path, *, model_dir: Path | None = None) -> PreparedCache:
+    """Open a complete cache, refusing a missing or partial one and one made with another processor."""
+    root = Path(root)
+    report = read_report(root)
+    if report is None:
+        raise CacheError(f"no complete feature cache in {root}: run prepare_data.py first")
+    if report.get("format_version") != FORMAT_VERSION:
+        raise CacheError(
+            f"the cache in {root} has format version {report.get('format_version')}, this code reads "
+            f"{FORMAT_VERSION}: rerun prepare_data.py"
+        )
+    try:
+        splits = {split: load_split(root, split) for split in SPLITS}
+    except (FileNotFoundError, ValueError) as error:
+        raise CacheError(f"the cache in {root} is incomplete ({error}): rerun prepare_data.py") from None
+    for split, dataset in splits.items():
+        expected = report["examples"][split]
+        if len(dataset) != expected:
+            raise CacheError(
+                f"the cache in {root} is inconsistent: {split} has {len(dataset)} rows, its report says "
+                f"{expected}: rerun prepare_data.py --force"
+            )
+    if model_dir is not None and processor_fingerprint(Path(model_dir)) != report["processor_fingerprint"]:
+        raise CacheError(
+            f"the cache in {root} was made with another tokenizer/feature extractor than {model_dir} "
+            f"(made with {report.get('model', '?')}): rerun prepare_data.py --model {model_dir}"
+        )
+    return PreparedCache(root, splits["train"], splits["validation"], report)

@@ -1,0 +1,655 @@
+"""Stage 1: Label Studio export + audio -> the feature cache (see cache.py for the layout).
+
+Data flows one way: parse -> resolve and stat audio -> plan windows and splits -> fingerprint (a current
+cache stops here) -> fetch (threads, one S3 client) -> decode, cut, augment, featurize (worker processes,
+one BLAS thread each) -> per-recording shards -> finalize. Memory stays flat: at most a few recordings
+are in flight between the download threads and the workers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import os
+import queue
+import threading
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from whisper_pipeline import __version__
+from whisper_pipeline.annotations import AnnotationSettings, Skip, load_export, parse_export
+from whisper_pipeline.audio import (
+    AudioDecodeError,
+    AugmentationSettings,
+    augment,
+    augmentation_seed,
+    cut,
+    decode_audio,
+    limit_threads,
+)
+from whisper_pipeline.audio_sources import (
+    AudioRef,
+    AudioSourceError,
+    S3Settings,
+    UnresolvableAudioError,
+    make_s3_client,
+    preflight,
+    read_bytes,
+    resolve_audio_uri,
+    stat,
+)
+from whisper_pipeline.cache import (
+    FORMAT_VERSION,
+    CacheLayout,
+    PreviousRecording,
+    RowSource,
+    ShardStore,
+    cache_features,
+    exclusive_lock,
+    finalize,
+    previous_recordings,
+    processor_fingerprint,
+    read_report,
+    stable_hash,
+)
+from whisper_pipeline.config import parse_config, to_plain_dict
+from whisper_pipeline.constants import CHUNK_SECONDS, SAMPLE_RATE
+from whisper_pipeline.errors import ConfigError, ModelError, PipelineError, exit_on_user_error
+from whisper_pipeline.features import LabelEncoder, LogMelFeaturizer
+from whisper_pipeline.segments import TRAIN, VALIDATION, Window, assign_splits, pack_windows
+
+EXIT_TOO_MANY_FAILURES = 1
+
+
+@dataclass
+class PrepareArguments:
+    """Settings of prepare_data.py (flags, or keys of a YAML/JSON config file)."""
+
+    annotations: str = field(
+        default="annotations.json",
+        metadata={"help": "Label Studio full JSON export: a local path or s3://bucket/key.json"},
+    )
+    output_dir: str = field(default="processed_data", metadata={"help": "Where the feature cache goes."})
+    model: str = field(
+        default="./model", metadata={"help": "Whisper directory (tokenizer, feature extractor)."}
+    )
+    language: str = field(default="vi", metadata={"help": "Language token of the labels."})
+    task: str = field(default="transcribe", metadata={"help": "transcribe or translate."})
+    val_fraction: float = field(
+        default=0.1, metadata={"help": "Share of recordings held out for validation."}
+    )
+    seed: int = field(default=42, metadata={"help": "Seeds the split and the augmentation."})
+    augment_copies: int = field(default=1, metadata={"help": "Augmented variants per training window."})
+    text_from_name: str = field(default="transcription", metadata={"help": "Per-region TextArea name."})
+    label_from_name: str = field(default="label", metadata={"help": "Labels control name."})
+    exclude_labels: list[str] = field(
+        default_factory=lambda: ["noise"],
+        metadata={"help": "Regions with one of these labels add no text (case-insensitive)."},
+    )
+    audio_key: str = field(default="audio", metadata={"help": "Task data key holding the audio URI."})
+    local_files_root: str | None = field(
+        default=None, metadata={"help": "Root for /data/local-files/?d=... and /data/upload/... URIs."}
+    )
+    allowed_buckets: list[str] = field(
+        default_factory=list, metadata={"help": "If set, audio on any other bucket is refused."}
+    )
+    num_workers: int = field(default=0, metadata={"help": "Feature worker processes (0 = CPU cores)."})
+    download_concurrency: int = field(default=16, metadata={"help": "Concurrent audio downloads."})
+    max_window_seconds: float = field(default=CHUNK_SECONDS, metadata={"help": "Longest window (<= 30 s)."})
+    max_skip_fraction: float = field(
+        default=0.2, metadata={"help": "Fail when more than this share of recordings cannot be used."}
+    )
+    force: bool = field(default=False, metadata={"help": "Rebuild even when the cache is current."})
+
+    def validate(self) -> None:
+        if not 0 <= self.val_fraction < 1:
+            raise ConfigError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
+        if self.augment_copies < 0:
+            raise ConfigError(f"--augment-copies must be >= 0, got {self.augment_copies}")
+        if not 0 < self.max_window_seconds <= CHUNK_SECONDS:
+            raise ConfigError(
+                f"--max-window-seconds must be in (0, {CHUNK_SECONDS}], got {self.max_window_seconds}"
+            )
+        if self.task not in ("transcribe", "translate"):
+            raise ConfigError(f"--task must be transcribe or translate, got {self.task!r}")
+        if not 0 <= self.max_skip_fraction <= 1:
+            raise ConfigError(f"--max-skip-fraction must be in [0, 1], got {self.max_skip_fraction}")
+
+    @property
+    def annotation_settings(self) -> AnnotationSettings:
+        return AnnotationSettings(
+            text_from_name=self.text_from_name,
+            label_from_name=self.label_from_name,
+            exclude_labels=tuple(self.exclude_labels),
+            audio_key=self.audio_key,
+        )
+
+
+class TooManyFailures(PipelineError):
+    """More recordings failed than --max-skip-fraction allows: likely a misconfiguration."""
+
+    exit_code = EXIT_TOO_MANY_FAILURES
+
+
+@dataclass(frozen=True)
+class RecordingWork:
+    """Everything a worker needs for one recording (picklable; no clients, no locks)."""
+
+    key: str
+    audio_uri: str
+    split: str
+    windows: tuple[Window, ...]
+    copies: int
+
+
+@dataclass(frozen=True)
+class RecordingOutcome:
+    """What a worker made of one recording."""
+
+    rows: list[dict[str, Any]]
+    skips: list[Skip]
+    audio_seconds: float  # clean window seconds that made it into the cache
+    failed: bool  # the recording as a whole could not be used
+
+
+@dataclass(frozen=True)
+class RecordingResult:
+    """One recording's part of the build, whichever way it was obtained."""
+
+    meta: Mapping[str, Any]  # split, rows, skips, audio_seconds, failed (stored in recordings.json)
+    origin: str  # "computed", "resumed" (staged shard of an interrupted run) or "reused" (previous cache)
+    source: RowSource | None  # None when the download failed transiently: retried by the next run
+
+
+@dataclass
+class PrepareSummary:
+    report: dict[str, Any]
+    current: bool  # True when the cache was already current and nothing was rebuilt
+
+
+# --- worker processes -------------------------------------------------------------------------------
+
+_worker_state: dict[str, Any] = {}
+
+
+def _init_worker(model_dir: str, augmentation: AugmentationSettings, seed: int) -> None:
+    """Per worker process: one BLAS thread, the feature extractor loaded once."""
+    from transformers import WhisperFeatureExtractor
+
+    limit_threads()
+    _worker_state["featurizer"] = LogMelFeaturizer(WhisperFeatureExtractor.from_pretrained(model_dir))
+    _worker_state["augmentation"] = augmentation
+    _worker_state["seed"] = seed
+
+
+def process_recording(work: RecordingWork, data: bytes) -> RecordingOutcome:
+    """Decode once, then cut, augment and featurize every window of the recording."""
+    featurizer: LogMelFeaturizer = _worker_state["featurizer"]
+    try:
+        samples = decode_audio(data, name=work.audio_uri)
+    except AudioDecodeError as error:
+        skip = Skip(error.reason, work.windows[0].task_id, work.audio_uri, str(error))
+        return RecordingOutcome([], [skip], 0.0, failed=True)
+    rows: list[dict[str, Any]] = []
+    skips: list[Skip] = []
+    seconds = 0.0
+    for window in work.windows:
+        try:
+            clean = cut(samples, window.start, window.end)
+        except AudioDecodeError as error:
+            skips.append(Skip(error.reason, window.task_id, work.audio_uri, f"{window.window_id}: {error}"))
+            continue
+        seconds += len(clean) / SAMPLE_RATE
+        for copy_index in range(work.copies + 1):
+            variant = clean
+            if copy_index:
+                seed = augmentation_seed(_worker_state["seed"], window.window_id, copy_index)
+                variant = augment(clean, _worker_state["augmentation"], seed)
+                if len(variant) > CHUNK_SECONDS * SAMPLE_RATE:
+                    skips.append(Skip("augmented_over_30s", window.task_id, work.audio_uri, window.window_id))
+                    continue
+            features = featurizer.compute(variant)
+            rows.append(
+                {
+                    "input_features": features.frames,
+                    "pad_value": features.pad_value,
+                    "labels": list(window.labels),
+                    "text": window.text,
+                    "audio_uri": work.audio_uri,
+                    "task_id": window.task_id,
+                    "segment_id": window.window_id,
+                    "start": window.start,
+                    "end": window.end,
+                    "augmentation": copy_index,
+                    "recording_key": work.key,
+                }
+            )
+    return RecordingOutcome(rows, skips, seconds, failed=not rows)
+
+
+# --- the stage --------------------------------------------------------------------------------------
+
+
+def run_prepare(
+    args: PrepareArguments, augmentation: AugmentationSettings, environ: Mapping[str, str] | None = None
+) -> PrepareSummary:
+    """Build (or confirm) the cache; raises PipelineError subclasses for what the user must fix."""
+    args.validate()
+    started = time.perf_counter()
+    layout = CacheLayout(Path(args.output_dir))
+    model_dir = Path(args.model)
+    _check_model_dir(model_dir)
+    s3 = _S3Access(S3Settings.from_env(os.environ if environ is None else environ))
+
+    raw = _read_annotations(args.annotations, s3)
+    parsed = parse_export(load_export(raw, source=args.annotations), args.annotation_settings)
+    skips: list[Skip] = list(parsed.skips)
+    encoder = LabelEncoder(_load_tokenizer(model_dir), args.language, args.task)
+    refs, windows_by_uri, plan_skips = _plan_windows(parsed.tasks, encoder, args, s3.settings)
+    skips.extend(plan_skips)
+
+    buckets = sorted({ref.bucket for ref in refs.values() if ref.kind == "s3"})
+    if buckets:
+        preflight(s3.client(), buckets)
+    infos, stat_skips = _stat_all(refs, windows_by_uri, s3, args.download_concurrency)
+    skips.extend(stat_skips)
+    splits = assign_splits(infos, seed=args.seed, val_fraction=args.val_fraction)
+
+    settings = {
+        "format_version": FORMAT_VERSION,
+        "language": args.language,
+        "task": args.task,
+        "seed": args.seed,
+        "val_fraction": args.val_fraction,
+        "augment_copies": args.augment_copies,
+        "augmentation": asdict(augmentation),
+        "annotation": asdict(args.annotation_settings),
+        "max_window_seconds": args.max_window_seconds,
+        "processor": processor_fingerprint(model_dir),
+    }
+    works = {
+        uri: RecordingWork(
+            key=stable_hash(
+                {
+                    "settings": settings,
+                    "object": infos[uri],
+                    "split": splits[uri],
+                    "windows": [asdict(window) for window in windows_by_uri[uri]],
+                }
+            ),
+            audio_uri=uri,
+            split=splits[uri],
+            windows=tuple(windows_by_uri[uri]),
+            copies=args.augment_copies if splits[uri] == TRAIN else 0,
+        )
+        for uri in sorted(infos)
+    }
+    fingerprint = stable_hash(
+        {
+            "settings": settings,
+            "annotations": hashlib.sha256(raw).hexdigest(),
+            "recordings": [work.key for work in works.values()],
+            "unavailable": sorted((skip.reason, skip.audio_uri) for skip in stat_skips),
+        }
+    )
+
+    with exclusive_lock(layout.root):
+        previous_report = read_report(layout.root)
+        if not args.force and previous_report and previous_report.get("fingerprint") == fingerprint:
+            return PrepareSummary(previous_report, current=True)
+        features = cache_features(_num_mel_bins(model_dir))
+        store = ShardStore(layout, features)
+        previous = {} if args.force else previous_recordings(layout.root)
+        results = _build_recordings(works, refs, store, previous, args, augmentation, model_dir, s3)
+        for result in results.values():
+            skips.extend(Skip(**skip) for skip in result.meta["skips"])
+        recordings_total = len(windows_by_uri)
+        failed = len(stat_skips) + sum(1 for result in results.values() if result.meta["failed"])
+        by_reason = dict(sorted(Counter(skip.reason for skip in skips).items()))
+        if recordings_total and failed / recordings_total > args.max_skip_fraction:
+            raise TooManyFailures(
+                f"{failed} of {recordings_total} recordings could not be used, more than --max-skip-fraction "
+                f"{args.max_skip_fraction} (skips by reason: {by_reason}); the previous cache is untouched"
+            )
+        if not any(result.meta["rows"] for result in results.values()):
+            raise TooManyFailures(
+                f"no usable windows, the cache would be empty (skips by reason: {by_reason})"
+            )
+
+        def make_report(cache_bytes: int) -> dict[str, Any]:
+            elapsed = time.perf_counter() - started
+            audio_seconds = {
+                split: round(
+                    sum(r.meta["audio_seconds"] for r in results.values() if r.meta["split"] == split), 3
+                )
+                for split in (TRAIN, VALIDATION)
+            }
+            to_retry = sum(1 for r in results.values() if r.source is None)
+            return {
+                "format_version": FORMAT_VERSION,
+                # A build with downloads to retry is complete but not current: the next run retries them.
+                "fingerprint": fingerprint if not to_retry else f"retry-needed:{fingerprint}",
+                "processor_fingerprint": settings["processor"],
+                "package_version": __version__,
+                "model": str(model_dir),
+                "annotations": args.annotations,
+                "settings": {**to_plain_dict(args), "augmentation": asdict(augmentation)},
+                "tasks": {
+                    "read": parsed.tasks_read,
+                    "used": len({w.task_id for work in works.values() for w in work.windows}),
+                },
+                "regions": dict(parsed.regions_by_kind),
+                "recordings": {
+                    "total": recordings_total,
+                    "computed": sum(1 for r in results.values() if r.origin == "computed"),
+                    "resumed": sum(1 for r in results.values() if r.origin == "resumed"),
+                    "reused": sum(1 for r in results.values() if r.origin == "reused"),
+                    "failed": failed,
+                    "to_retry": to_retry,
+                },
+                "windows": {
+                    split: sum(r.meta["windows"] for r in results.values() if r.meta["split"] == split)
+                    for split in (TRAIN, VALIDATION)
+                },
+                "examples": {
+                    split: sum(r.meta["rows"] for r in results.values() if r.meta["split"] == split)
+                    for split in (TRAIN, VALIDATION)
+                },
+                "augmented_examples": sum(r.meta["augmented_rows"] for r in results.values()),
+                "audio_seconds": audio_seconds,
+                "skips": {
+                    "by_reason": by_reason,
+                    "items": [asdict(skip) for skip in skips],
+                },
+                "elapsed_seconds": round(elapsed, 3),
+                "audio_seconds_per_second": round(sum(audio_seconds.values()) / elapsed, 2),
+                "cache_bytes": cache_bytes,
+            }
+
+        sources = [result.source for result in results.values() if result.source is not None]
+        recordings = {works[uri].key: dict(result.meta) for uri, result in results.items() if result.source}
+        report = finalize(layout, sources, features, recordings, make_report)
+        store.clear()
+    return PrepareSummary(dict(report), current=False)
+
+
+def _check_model_dir(model_dir: Path) -> None:
+    missing = [
+        name
+        for name in ("preprocessor_config.json", "tokenizer_config.json")
+        if not (model_dir / name).is_file()
+    ]
+    if missing:
+        raise ModelError(
+            f"--model {model_dir} is not a Whisper model directory (missing {', '.join(missing)}); build the "
+            "demo's with `python -m whisper_pipeline.pretrained --output model` or point --model at yours"
+        )
+
+
+def _load_tokenizer(model_dir: Path):
+    from transformers import WhisperTokenizerFast
+
+    return WhisperTokenizerFast.from_pretrained(str(model_dir))
+
+
+def _num_mel_bins(model_dir: Path) -> int:
+    from transformers import WhisperFeatureExtractor
+
+    return WhisperFeatureExtractor.from_pretrained(str(model_dir)).feature_size
+
+
+class _S3Access:
+    """The S3 settings and, created on first use, this process's one client (thread-safe)."""
+
+    def __init__(self, settings: S3Settings):
+        self.settings = settings
+        self._client = None
+        self._lock = threading.Lock()
+
+    def client(self):
+        with self._lock:
+            if self._client is None:
+                self._client = make_s3_client(self.settings)
+            return self._client
+
+
+def _read_annotations(location: str, s3: _S3Access) -> bytes:
+    """The export's bytes from a local path or an s3:// URI."""
+    if location.startswith("s3://"):
+        ref = resolve_audio_uri(location, default_bucket=None, local_files_root=None)
+        preflight(s3.client(), [ref.bucket])
+        try:
+            return read_bytes(ref, s3.client())
+        except AudioSourceError as error:
+            raise ConfigError(f"cannot read --annotations {location}: {error}") from None
+    path = Path(location)
+    if not path.is_file():
+        raise ConfigError(f"--annotations {location}: no such file")
+    return path.read_bytes()
+
+
+def _plan_windows(
+    tasks, encoder: LabelEncoder, args: PrepareArguments, settings: S3Settings
+) -> tuple[dict[str, AudioRef], dict[str, list[Window]], list[Skip]]:
+    """Resolve each task's audio and pack its regions into windows, grouped by recording."""
+    refs: dict[str, AudioRef] = {}
+    windows_by_uri: dict[str, list[Window]] = {}
+    skips: list[Skip] = []
+    root = Path(args.local_files_root) if args.local_files_root else None
+    for task in tasks:
+        try:
+            ref = refs.get(task.audio_uri) or resolve_audio_uri(
+                task.audio_uri,
+                default_bucket=settings.bucket_name,
+                local_files_root=root,
+                allowed_buckets=args.allowed_buckets or None,
+            )
+        except UnresolvableAudioError as error:
+            skips.append(Skip(error.reason, task.task_id, task.audio_uri, str(error)))
+            continue
+        windows, window_skips = pack_windows(task, encoder.encode, max_seconds=args.max_window_seconds)
+        skips.extend(window_skips)
+        if windows:
+            refs[task.audio_uri] = ref
+            windows_by_uri.setdefault(task.audio_uri, []).extend(windows)
+    return refs, windows_by_uri, skips
+
+
+def _stat_all(
+    refs: Mapping[str, AudioRef], windows_by_uri: Mapping[str, list[Window]], s3: _S3Access, concurrency: int
+) -> tuple[dict[str, dict[str, Any]], list[Skip]]:
+    """ETag/size of every recording (metadata only, concurrently): part of the fingerprint."""
+    needs_client = any(ref.kind == "s3" for ref in refs.values())
+    client = s3.client() if needs_client else None
+
+    def one(uri: str) -> tuple[str, Any]:
+        try:
+            return uri, asdict(stat(refs[uri], client))
+        except AudioSourceError as error:
+            return uri, error
+
+    infos: dict[str, dict[str, Any]] = {}
+    skips: list[Skip] = []
+    with ThreadPoolExecutor(max(1, concurrency)) as pool:
+        for uri, info in pool.map(one, sorted(windows_by_uri)):
+            if isinstance(info, AudioSourceError):
+                skips.append(Skip(info.reason, windows_by_uri[uri][0].task_id, uri, str(info)))
+            else:
+                infos[uri] = info
+    return infos, skips
+
+
+def _meta_of(work: RecordingWork, outcome: RecordingOutcome) -> dict[str, Any]:
+    return {
+        "split": work.split,
+        "windows": len({row["segment_id"] for row in outcome.rows}),
+        "augmented_rows": sum(1 for row in outcome.rows if row["augmentation"]),
+        "audio_seconds": round(outcome.audio_seconds, 3),
+        "failed": outcome.failed,
+        "skips": [asdict(skip) for skip in outcome.skips],
+    }
+
+
+def _build_recordings(
+    works: Mapping[str, RecordingWork],
+    refs: Mapping[str, AudioRef],
+    store: ShardStore,
+    previous: Mapping[str, PreviousRecording],
+    args: PrepareArguments,
+    augmentation: AugmentationSettings,
+    model_dir: Path,
+    s3: _S3Access,
+) -> dict[str, RecordingResult]:
+    """Each recording from a staged shard, the previous cache, or computed now (in that order)."""
+    results: dict[str, RecordingResult] = {}
+    pending: list[RecordingWork] = []
+    for uri, work in works.items():
+        shard = store.load(work.key)
+        if shard is not None:
+            path = store.arrow_path(work.key) if shard.rows else None
+            results[uri] = RecordingResult(shard.meta, "resumed", RowSource(work.split, shard=path))
+        elif work.key in previous:
+            old = previous[work.key]
+            results[uri] = RecordingResult(
+                old.meta, "reused", RowSource(work.split, previous_indices=old.indices)
+            )
+        else:
+            pending.append(work)
+    if pending:
+        results.update(_compute(pending, refs, store, args, augmentation, model_dir, s3))
+    return {uri: results[uri] for uri in works}
+
+
+def _compute(
+    pending: Sequence[RecordingWork],
+    refs: Mapping[str, AudioRef],
+    store: ShardStore,
+    args: PrepareArguments,
+    augmentation: AugmentationSettings,
+    model_dir: Path,
+    s3: _S3Access,
+) -> dict[str, RecordingResult]:
+    """Download threads feed worker processes through a bounded number of in-flight recordings."""
+    num_workers = args.num_workers or os.cpu_count() or 1
+    in_flight = threading.BoundedSemaphore(2 * num_workers + 2)
+    stop = threading.Event()
+    finished: queue.Queue[tuple[RecordingWork, Future | None, AudioSourceError | BaseException | None]] = (
+        queue.Queue()
+    )
+    needs_client = any(refs[work.audio_uri].kind == "s3" for work in pending)
+    client = s3.client() if needs_client else None
+    results: dict[str, RecordingResult] = {}
+    total_seconds = sum(window.duration for work in pending for window in work.windows)
+    progress = tqdm(total=round(total_seconds / 3600, 3), unit="audio-h", desc=f"recordings 0/{len(pending)}")
+
+    with (
+        ProcessPoolExecutor(
+            num_workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(str(model_dir), augmentation, args.seed),
+        ) as workers,
+        ThreadPoolExecutor(max(1, args.download_concurrency)) as downloads,
+    ):
+
+        def fetch_and_submit(work: RecordingWork) -> None:
+            while not in_flight.acquire(timeout=0.2):
+                if stop.is_set():
+                    return
+            try:
+                data = read_bytes(refs[work.audio_uri], client)
+                future = workers.submit(process_recording, work, data)
+            except BaseException as error:  # handed to the main thread, which decides
+                in_flight.release()
+                finished.put((work, None, error))
+                return
+
+            def done(completed: Future) -> None:
+                in_flight.release()
+                finished.put((work, completed, None))
+
+            future.add_done_callback(done)
+
+        try:
+            for work in pending:
+                downloads.submit(fetch_and_submit, work)
+            for count in range(1, len(pending) + 1):
+                work, future, error = finished.get()
+                seconds = sum(window.duration for window in work.windows)
+                if error is not None:
+                    if not isinstance(error, AudioSourceError):
+                        raise error
+                    skip = Skip(error.reason, work.windows[0].task_id, work.audio_uri, str(error))
+                    meta = {**_meta_of(work, RecordingOutcome([], [skip], 0.0, True)), "rows": 0}
+                    results[work.audio_uri] = RecordingResult(meta, "computed", None)
+                else:
+                    outcome = future.result()
+                    shard = store.write(work.key, outcome.rows, _meta_of(work, outcome))
+                    path = store.arrow_path(work.key) if shard.rows else None
+                    results[work.audio_uri] = RecordingResult(
+                        shard.meta, "computed", RowSource(work.split, path)
+                    )
+                progress.set_description(f"recordings {count}/{len(pending)}")
+                progress.update(round(seconds / 3600, 3))
+        finally:
+            stop.set()
+            workers.shutdown(wait=True, cancel_futures=True)
+            progress.close()
+    return results
+
+
+def format_summary(summary: PrepareSummary) -> str:
+    """The one-screen summary printed at the end of the stage."""
+    report = summary.report
+    if summary.current:
+        return (
+            f"cache is current: {report['examples']['train']} train + {report['examples']['validation']} "
+            f"validation examples in {report.get('settings', {}).get('output_dir', '')} "
+            f"(fingerprint {report['fingerprint'][:12]}); nothing to do (--force rebuilds)"
+        )
+    recordings, skips = report["recordings"], report["skips"]["by_reason"]
+    lines = [
+        "prepare_data.py summary",
+        f"  tasks        {report['tasks']['used']} used of {report['tasks']['read']} read",
+        f"  recordings   {recordings['total']}: {recordings['computed']} computed, "
+        f"{recordings['resumed']} resumed, {recordings['reused']} reused, {recordings['failed']} failed, "
+        f"{recordings['to_retry']} to retry",
+    ]
+    for split in (TRAIN, VALIDATION):
+        lines.append(
+            f"  {split:<12} {report['windows'][split]} windows, {report['examples'][split]} examples, "
+            f"{report['audio_seconds'][split] / 60:.1f} audio-min"
+        )
+    lines += [
+        f"  augmented    {report['augmented_examples']} examples",
+        f"  skips        {sum(skips.values())}"
+        + (": " + ", ".join(f"{reason} {count}" for reason, count in skips.items()) if skips else ""),
+        f"  speed        {report['elapsed_seconds']:.1f} s, "
+        f"{report['audio_seconds_per_second']:.0f} audio-seconds per second",
+        f"  cache        {report['cache_bytes'] / 2**20:.1f} MiB in {report['settings']['output_dir']}"
+        f" (report: {Path(report['settings']['output_dir']) / 'prepare_report.json'})",
+    ]
+    if recordings["to_retry"]:
+        lines.append(
+            f"  note         {recordings['to_retry']} downloads failed transiently: rerun to retry them"
+        )
+    return "\n".join(lines)
+
+
+@exit_on_user_error
+def main(argv: Sequence[str] | None = None) -> int:
+    import sys
+
+    args, augmentation = parse_config(
+        (PrepareArguments, AugmentationSettings), sys.argv[1:] if argv is None else argv
+    )
+    summary = run_prepare(args, augmentation)
+    print(format_summary(summary))
+    return 0
