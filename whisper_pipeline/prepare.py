@@ -39,6 +39,7 @@ from whisper_pipeline.audio_sources import (
     AudioSourceError,
     S3Settings,
     UnresolvableAudioError,
+    load_env_file,
     make_s3_client,
     preflight,
     read_bytes,
@@ -83,7 +84,8 @@ class PrepareArguments:
     language: str = field(default="vi", metadata={"help": "Language token of the labels."})
     task: str = field(default="transcribe", metadata={"help": "transcribe or translate."})
     val_fraction: float = field(
-        default=0.1, metadata={"help": "Share of recordings held out for validation."}
+        default=0.1,
+        metadata={"help": "Share of recordings held out for validation (1: all, an evaluation-only cache)."},
     )
     seed: int = field(default=42, metadata={"help": "Seeds the split and the augmentation."})
     augment_copies: int = field(default=1, metadata={"help": "Augmented variants per training window."})
@@ -109,8 +111,8 @@ class PrepareArguments:
     force: bool = field(default=False, metadata={"help": "Rebuild even when the cache is current."})
 
     def validate(self) -> None:
-        if not 0 <= self.val_fraction < 1:
-            raise ConfigError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
+        if not 0 <= self.val_fraction <= 1:
+            raise ConfigError(f"--val-fraction must be in [0, 1], got {self.val_fraction}")
         if self.augment_copies < 0:
             raise ConfigError(f"--augment-copies must be >= 0, got {self.augment_copies}")
         if not 0 < self.max_window_seconds <= CHUNK_SECONDS:
@@ -647,6 +649,7 @@ def format_summary(summary: PrepareSummary) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     import sys
 
+    load_env_file()
     args, augmentation = parse_config(
         (PrepareArguments, AugmentationSettings), sys.argv[1:] if argv is None else argv
     )

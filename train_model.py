@@ -1,0 +1,15 @@
+#!/usr/bin/env python
+"""Stage 2: the feature cache in processed_data/ -> a LoRA adapter for Whisper in outputs/adapter/.
+
+    python train_model.py [CONFIG.yaml] [--model ./model] [--data-dir processed_data] [--output-dir outputs]
+    torchrun --nproc-per-node N train_model.py ...    (or: accelerate launch train_model.py ...)
+
+Run with --help for every setting (every Seq2SeqTrainingArguments flag works too).
+"""
+
+import sys
+
+from whisper_pipeline.train import main
+
+if __name__ == "__main__":
+    sys.exit(main())

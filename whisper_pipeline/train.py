@@ -1,0 +1,647 @@
+"""Stage 2: the feature cache -> a LoRA adapter for Whisper, chosen by word error rate on generated text.
+
+Reads only the cache (never redoes stage 1), evaluates the starting model before the first step (the
+baseline), then after each epoch with `generate` in the cache's language, keeps the best checkpoint by
+WER and writes under --output-dir:
+
+    adapter/                     best adapter: safetensors + adapter config + processor files
+    metrics.json                 baseline, every evaluation, best, training loss/speed/runtime
+    predictions_validation.jsonl reference, hypothesis and WER of every validation utterance (best model)
+    train_config.yaml            every resolved setting + cache fingerprint + package version
+    runs/                        TensorBoard logs
+    checkpoint-*/                resumable checkpoints (--resume-from-checkpoint PATH|auto)
+
+Runs unchanged on one process, under `torchrun --nproc-per-node N` and under `accelerate launch`: every
+process trains and evaluates its share; only the first writes outputs and prints the summary.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+import torch
+import yaml
+from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, WhisperProcessor
+from transformers.trainer_utils import get_last_checkpoint
+from transformers.training_args import IntervalStrategy, SaveStrategy
+
+from whisper_pipeline import __version__
+from whisper_pipeline.cache import PreparedCache, open_cache
+from whisper_pipeline.config import parse_config, to_plain_dict
+from whisper_pipeline.constants import MAX_TARGET_POSITIONS
+from whisper_pipeline.errors import ConfigError, exit_on_user_error
+from whisper_pipeline.features import pad_features
+from whisper_pipeline.metrics import IGNORE_INDEX, ComputeMetrics, utterance_wers
+from whisper_pipeline.modeling import (
+    DEFAULT_TARGET_MODULES,
+    PRECISIONS,
+    adapter_trains_conv,
+    check_quantization,
+    configure_generation,
+    configure_spec_augment,
+    continue_adapter,
+    load_base_model,
+    new_adapter,
+    prepare_for_training,
+    resolve_precision,
+    save_adapter,
+)
+
+MODEL_COLUMNS = ["input_features", "pad_value", "labels"]
+SCORES = ("wer", "cer", "normalized_wer", "normalized_cer")
+ADAPTER_DIR = "adapter"
+METRICS_FILE = "metrics.json"
+PREDICTIONS_FILE = "predictions_validation.jsonl"
+CONFIG_FILE = "train_config.yaml"
+RESUME_AUTO = "auto"
+# LoRA moves only a low-rank update B·A with B starting at zero, scaled by alpha/r: to change the model
+# as much as full fine-tuning does at 1e-5..5e-6 (the seed's 5e-6), its few weights need steps 100x larger.
+# 1e-3 is the rate of peft's Whisper LoRA recipe with these same r=32/alpha=64 (the int8 whisper-large
+# notebook); warmup (10% of the steps) keeps the first steps of the fresh adapter from overshooting.
+DEFAULT_LEARNING_RATE = 1e-3
+
+
+@dataclass
+class DataArguments:
+    """Where the cache is and how training batches are augmented."""
+
+    data_dir: str = field(
+        default="processed_data", metadata={"help": "Feature cache written by prepare_data.py."}
+    )
+    spec_augment: bool = field(
+        default=True,
+        metadata={
+            "help": "SpecAugment on training batches (Whisper's own apply_spec_augment: masks time steps "
+            "and mel bins in training mode only, never in evaluation)."
+        },
+    )
+    mask_time_prob: float | None = field(
+        default=None,
+        metadata={"help": "Share of time steps masked by SpecAugment (default: the model config's, 0.05)."},
+    )
+    mask_feature_prob: float | None = field(
+        default=0.05,
+        metadata={
+            "help": "Share of mel bins masked by SpecAugment (Whisper's config says 0.0, which would leave "
+            "frequency masking off)."
+        },
+    )
+
+
+@dataclass
+class ModelArguments:
+    """The starting model: base weights, optional adapter to continue, precision."""
+
+    model: str = field(
+        default="./model", metadata={"help": "Whisper directory (weights, config, processor files)."}
+    )
+    adapter: str | None = field(
+        default=None, metadata={"help": "Continue training this saved LoRA adapter instead of a new one."}
+    )
+    unfreeze_conv: bool = field(
+        default=False,
+        metadata={
+            "help": "Also train the encoder's conv1/conv2, saved with the adapter (peft modules_to_save) and "
+            "restored when it is loaded; an adapter saved with them keeps training them."
+        },
+    )
+    precision: str = field(
+        default="auto",
+        metadata={
+            "help": "auto: bf16 on GPUs that support it, else fp16 (grad scaler); fp32 on CPU. Frozen base "
+            "weights are loaded in it, trained weights stay fp32.",
+            "choices": list(PRECISIONS),
+        },
+    )
+    load_in_8bit: bool = field(default=False, metadata={"help": "8-bit base weights (bitsandbytes, GPU)."})
+    load_in_4bit: bool = field(default=False, metadata={"help": "4-bit base weights (bitsandbytes, GPU)."})
+    allow_pickle: bool = field(
+        default=False,
+        metadata={"help": "Accept pickle checkpoints (pytorch_model.bin, adapter_model.bin): trusted only."},
+    )
+    language: str | None = field(
+        default=None,
+        metadata={
+            "help": "Language code forced in generation (default: the cache's, which its labels carry)."
+        },
+    )
+    task: str | None = field(
+        default=None, metadata={"help": "transcribe or translate (default: the cache's)."}
+    )
+
+
+@dataclass
+class LoraArguments:
+    """A new adapter's shape (a continued adapter keeps its own).
+
+    r 32 / alpha 64 / dropout 0.05 are peft's Whisper LoRA recipe; placed on all four attention projections
+    of encoder and decoder (self and cross attention), so the encoder adapts to the acoustics and the
+    decoder to the language: 2.4 M weights, 3% of whisper-base.
+    """
+
+    lora_r: int = field(default=32, metadata={"help": "LoRA rank (default 32)."})
+    lora_alpha: int = field(
+        default=64, metadata={"help": "LoRA scale numerator: updates are scaled by alpha/r (default 64)."}
+    )
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input (default 0.05)."})
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: list(DEFAULT_TARGET_MODULES),
+        metadata={
+            "help": "Linear layers given LoRA (default q_proj k_proj v_proj out_proj: every attention "
+            "projection of encoder and decoder)."
+        },
+    )
+
+
+def _default_pin_memory() -> bool:
+    """Pinned host memory speeds up copies to a GPU; without one it only costs memory."""
+    return torch.cuda.is_available()
+
+
+def _default_workers() -> int:
+    """Loader workers pad features while the GPU computes; on CPU they would compete with training."""
+    return 4 if torch.cuda.is_available() else 0
+
+
+@dataclass
+class PipelineTrainingArguments(Seq2SeqTrainingArguments):
+    """Seq2SeqTrainingArguments with this pipeline's defaults (every Trainer setting still works)."""
+
+    output_dir: str | None = field(
+        default="outputs",
+        metadata={"help": "Adapter, metrics, predictions, checkpoints and TensorBoard logs."},
+    )
+    learning_rate: float = field(
+        default=DEFAULT_LEARNING_RATE,
+        metadata={"help": "Peak LoRA learning rate (see DEFAULT_LEARNING_RATE: why not the seed's 5e-6)."},
+    )
+    warmup_steps: float = field(
+        default=0.1, metadata={"help": "Warmup: steps, or a share of all steps if < 1."}
+    )
+    num_train_epochs: float = field(default=3.0, metadata={"help": "Epochs over the training split."})
+    per_device_train_batch_size: int = field(default=8, metadata={"help": "Training batch per device."})
+    per_device_eval_batch_size: int = field(default=8, metadata={"help": "Evaluation batch per device."})
+    eval_strategy: IntervalStrategy | str = field(default="epoch", metadata={"help": "no, steps or epoch."})
+    save_strategy: SaveStrategy | str = field(default="epoch", metadata={"help": "no, steps, epoch or best."})
+    save_total_limit: int | None = field(
+        default=2, metadata={"help": "Checkpoints kept (the best one is always among them)."}
+    )
+    load_best_model_at_end: bool = field(default=True, metadata={"help": "Finish with the best checkpoint."})
+    metric_for_best_model: str | None = field(
+        default="wer", metadata={"help": f"Checkpoint selection metric: loss or one of {', '.join(SCORES)}."}
+    )
+    greater_is_better: bool | None = field(default=False, metadata={"help": "False: lower WER is better."})
+    eval_on_start: bool = field(
+        default=True, metadata={"help": "Baseline evaluation of the starting model before the first step."}
+    )
+    predict_with_generate: bool = field(
+        default=True, metadata={"help": "Score generated text (required: WER on logits is meaningless)."}
+    )
+    generation_max_length: int | None = field(
+        default=MAX_TARGET_POSITIONS,
+        metadata={"help": "Longest generated sequence, special tokens included (Whisper's maximum: 448)."},
+    )
+    logging_steps: float = field(default=10, metadata={"help": "Log the training loss every N steps."})
+    logging_first_step: bool = field(default=True, metadata={"help": "Log the first step's loss too."})
+    report_to: None | str | list[str] = field(  # noqa: RUF036 (the order HfArgumentParser parses)
+        default_factory=lambda: ["tensorboard"],
+        metadata={"help": "Loggers (TensorBoard: <output_dir>/runs)."},
+    )
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Keep False: the collator needs pad_value, which forward() lacks."}
+    )
+    label_names: list[str] | None = field(
+        default_factory=lambda: ["labels"], metadata={"help": "Keep: a peft model's forward() hides it."}
+    )
+    dataloader_num_workers: int = field(
+        default_factory=_default_workers,
+        metadata={"help": "Loader processes (default: 4 with CUDA, else 0)."},
+    )
+    dataloader_pin_memory: bool = field(
+        default_factory=_default_pin_memory,
+        metadata={"help": "Pinned host memory (default: with CUDA only)."},
+    )
+    ddp_find_unused_parameters: bool | None = field(
+        default=False, metadata={"help": "Every adapter weight gets a gradient every step: no search needed."}
+    )
+
+
+@dataclass(frozen=True)
+class WhisperDataCollator:
+    """Cache rows -> a Whisper batch: log-mel padded back to 30 s, labels padded with -100.
+
+    Holds the one token id it needs (no globals). The cache's labels start with <|startoftranscript|>,
+    which the model prepends itself when it shifts labels into decoder inputs: it is stripped here, or
+    the decoder would learn from a doubled start token.
+    """
+
+    decoder_start_token_id: int
+
+    def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        features = np.stack([pad_features(row["input_features"], row["pad_value"]) for row in rows])
+        labels = [np.asarray(row["labels"], dtype=np.int64) for row in rows]
+        labels = [ids[1:] if len(ids) and ids[0] == self.decoder_start_token_id else ids for ids in labels]
+        padded = np.full((len(labels), max(len(ids) for ids in labels)), IGNORE_INDEX, dtype=np.int64)
+        for row, ids in enumerate(labels):
+            padded[row, : len(ids)] = ids
+        return {"input_features": torch.from_numpy(features), "labels": torch.from_numpy(padded)}
+
+
+class WhisperTrainer(Seq2SeqTrainer):
+    """Seq2SeqTrainer with generation under autocast and exact distributed evaluation."""
+
+    def evaluation_loop(self, *args, **kwargs):
+        # Seq2SeqTrainer gathers with plain `gather` for num_return_sequences > 1 (transformers #27025), which
+        # keeps the samples DDP repeats to even out the last batch and skews WER; one sequence per input here.
+        self.gather_function = self.accelerator.gather_for_metrics
+        return super().evaluation_loop(*args, **kwargs)
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None, **gen_kwargs):
+        # accelerate autocasts forward() only; generate() would otherwise feed fp32 features to half weights.
+        with self.accelerator.autocast():
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys, **gen_kwargs)
+
+
+@dataclass(frozen=True)
+class Splits:
+    """The rows the Trainer sees (numpy model columns) and where each validation row comes from."""
+
+    train: datasets.Dataset
+    validation: datasets.Dataset
+    validation_sources: list[dict[str, Any]]  # segment_id, audio_uri, start, end; in validation order
+
+
+@dataclass(frozen=True)
+class TrainingReport:
+    """What the run produced (what the summary prints)."""
+
+    output_dir: Path
+    metrics: dict[str, Any]
+    settings: dict[str, Any]
+    first_process: bool  # only the first process prints and writes
+
+
+def parse_arguments(
+    argv: Sequence[str],
+) -> tuple[DataArguments, ModelArguments, LoraArguments, PipelineTrainingArguments]:
+    """Optional YAML/JSON file + flags; invalid Trainer combinations become one-line ConfigErrors."""
+    try:
+        return parse_config((DataArguments, ModelArguments, LoraArguments, PipelineTrainingArguments), argv)
+    except ValueError as error:  # from the Trainer's own checks, e.g. mismatched eval/save strategies
+        raise ConfigError(f"invalid training settings: {str(error).strip().splitlines()[0]}") from None
+
+
+def run_training(
+    data_args: DataArguments,
+    model_args: ModelArguments,
+    lora_args: LoraArguments,
+    training_args: PipelineTrainingArguments,
+) -> TrainingReport:
+    """Train, select by WER, write the outputs (first process only); raises PipelineError for user errors."""
+    precision = _precision(model_args, training_args)
+    quantization = check_quantization(model_args.load_in_8bit, model_args.load_in_4bit)
+    resume = _resume_checkpoint(training_args)
+    training_args = _finalize_training_args(training_args, precision, resume)
+    model_dir = Path(model_args.model)
+    cache = open_cache(Path(data_args.data_dir), model_dir=model_dir)
+    if resume:
+        _check_resumed_cache(Path(resume).parent / CONFIG_FILE, cache.fingerprint)
+    language, task = _language_and_task(model_args, cache.report)
+    splits = _splits(cache)
+
+    processor = WhisperProcessor.from_pretrained(str(model_dir))
+    model = load_base_model(
+        model_dir, precision=precision, allow_pickle=model_args.allow_pickle, quantization=quantization
+    )
+    configure_generation(model, language=language, task=task)
+    configure_spec_augment(
+        model,
+        enabled=data_args.spec_augment,
+        mask_time_prob=data_args.mask_time_prob,
+        mask_feature_prob=data_args.mask_feature_prob,
+    )
+    prepare_for_training(model, gradient_checkpointing=bool(training_args.activation_checkpointing))
+    if model_args.adapter:
+        model = continue_adapter(
+            model,
+            Path(model_args.adapter),
+            unfreeze_conv=model_args.unfreeze_conv,
+            allow_pickle=model_args.allow_pickle,
+        )
+    else:
+        model = new_adapter(
+            model,
+            r=lora_args.lora_r,
+            alpha=lora_args.lora_alpha,
+            dropout=lora_args.lora_dropout,
+            target_modules=lora_args.lora_target_modules,
+            unfreeze_conv=model_args.unfreeze_conv,
+        )
+
+    output_dir = Path(training_args.output_dir)
+    trainable, total = model.get_nb_trainable_parameters()
+    settings = {
+        "package_version": __version__,
+        "cache": {
+            "data_dir": str(cache.root),
+            "fingerprint": cache.fingerprint,
+            "examples": {"train": len(splits.train), "validation": len(splits.validation)},
+        },
+        "resolved": {
+            "precision": precision,
+            "quantization": quantization,
+            "language": language,
+            "task": task,
+            "unfreeze_conv": adapter_trains_conv(model),
+            "resume_from_checkpoint": resume,
+            "world_size": training_args.world_size,
+            "effective_batch_size": training_args.train_batch_size
+            * training_args.gradient_accumulation_steps
+            * training_args.world_size,
+            "trainable_parameters": trainable,
+            "total_parameters": total,
+        },
+        "versions": _versions(),
+        "arguments": {
+            **to_plain_dict(data_args),
+            **to_plain_dict(model_args),
+            **to_plain_dict(lora_args),
+            **json.loads(training_args.to_json_string()),
+        },
+    }
+    if training_args.process_index == 0:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        _write_yaml(output_dir / CONFIG_FILE, settings)
+
+    trainer = WhisperTrainer(
+        model=model,
+        args=training_args,
+        data_collator=WhisperDataCollator(model.config.decoder_start_token_id),
+        train_dataset=splits.train,
+        eval_dataset=splits.validation,
+        processing_class=processor,
+        compute_metrics=ComputeMetrics(processor.tokenizer),
+    )
+    train_output = trainer.train(resume_from_checkpoint=resume)
+    best = trainer.predict(splits.validation, metric_key_prefix="eval")
+
+    metrics = _metrics_record(trainer, train_output.metrics, best.metrics)
+    if trainer.is_world_process_zero():
+        save_adapter(trainer.model, processor, output_dir / ADAPTER_DIR)
+        _write_json(output_dir / METRICS_FILE, metrics)
+        _write_predictions(
+            output_dir / PREDICTIONS_FILE, splits.validation_sources, best, processor.tokenizer
+        )
+    trainer.accelerator.wait_for_everyone()
+    return TrainingReport(output_dir, metrics, settings, trainer.is_world_process_zero())
+
+
+def _language_and_task(model_args: ModelArguments, report: Mapping[str, Any]) -> tuple[str, str]:
+    """The cache's language and task; a different one asked for is refused (the labels carry the cache's)."""
+    cached = report.get("settings", {})
+    chosen = {}
+    for name in ("language", "task"):
+        asked, in_cache = getattr(model_args, name), cached.get(name)
+        if asked and in_cache and asked != in_cache:
+            raise ConfigError(
+                f"--{name} {asked} but the cache's labels are for {in_cache}: rerun prepare_data.py "
+                f"--{name} {asked}, or drop --{name}"
+            )
+        chosen[name] = asked or in_cache
+        if not chosen[name]:
+            raise ConfigError(f"the cache report does not say its {name}: pass --{name}")
+    return chosen["language"], chosen["task"]
+
+
+def _splits(cache: PreparedCache) -> Splits:
+    """Training rows (augmented copies included) and clean validation rows, as numpy model columns.
+
+    Selected in memory: the cache folder is never written to (and DDP processes never race on it).
+    """
+    if not len(cache.train):
+        raise ConfigError(f"the cache in {cache.root} has no training examples")
+    clean = np.flatnonzero(np.asarray(cache.validation["augmentation"]) == 0)
+    if not len(clean):
+        raise ConfigError(
+            f"the cache in {cache.root} has no validation examples, needed for the baseline, checkpoint "
+            "selection and predictions: rerun prepare_data.py with --val-fraction > 0"
+        )
+    validation = cache.validation.select(clean, keep_in_memory=True)
+    return Splits(
+        train=cache.train.with_format("numpy", columns=MODEL_COLUMNS),
+        validation=validation.with_format("numpy", columns=MODEL_COLUMNS),
+        validation_sources=validation.select_columns(["segment_id", "audio_uri", "start", "end"]).to_list(),
+    )
+
+
+def _precision(model_args: ModelArguments, training_args: PipelineTrainingArguments) -> str:
+    """--precision, or the Trainer's own --bf16/--fp16 when given with --precision auto."""
+    trainer_flag = "bf16" if training_args.bf16 else "fp16" if training_args.fp16 else None
+    if trainer_flag and model_args.precision not in ("auto", trainer_flag):
+        raise ConfigError(
+            f"--{trainer_flag} contradicts --precision {model_args.precision}: give one of them"
+        )
+    return resolve_precision(trainer_flag or model_args.precision)
+
+
+def _resume_checkpoint(training_args: PipelineTrainingArguments) -> str | None:
+    """--resume-from-checkpoint: a checkpoint folder, or `auto` for the newest in output_dir (none: start)."""
+    requested = training_args.resume_from_checkpoint
+    if requested is None:
+        return None
+    if requested == RESUME_AUTO:
+        output_dir = Path(training_args.output_dir)
+        last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+        if last is None and training_args.process_index == 0:
+            print(
+                f"no checkpoint in {output_dir} to resume from: starting from the beginning", file=sys.stderr
+            )
+        return last
+    if not (Path(requested) / "trainer_state.json").is_file():
+        raise ConfigError(
+            f"--resume-from-checkpoint {requested} is not a checkpoint folder (no trainer_state.json)"
+        )
+    return requested
+
+
+def _check_resumed_cache(config_path: Path, fingerprint: str) -> None:
+    """A checkpoint resumes only on the cache it was trained on: its data order and position would not fit
+    another. Checkpoints without our train_config.yaml beside them cannot be checked."""
+    try:
+        previous = yaml.safe_load(config_path.read_text(encoding="utf-8"))["cache"]["fingerprint"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return
+    if previous != fingerprint:
+        raise ConfigError(
+            f"the checkpoint was trained on another cache (fingerprint {previous[:12]}, now "
+            f"{fingerprint[:12]}): resume only on the same data, or start a new run in another --output-dir"
+        )
+
+
+def _finalize_training_args(
+    training_args: PipelineTrainingArguments, precision: str, resume: str | None
+) -> PipelineTrainingArguments:
+    """Checks what this pipeline needs, then the Trainer's precision flags (mixed precision is derived from
+    them when the arguments are built, hence a rebuilt copy rather than attribute assignment)."""
+    if not training_args.predict_with_generate:
+        raise ConfigError("--predict-with-generate false: WER must be computed on generated text")
+    best = (training_args.metric_for_best_model or "loss").removeprefix("eval_")
+    if best not in ("loss", *SCORES):
+        raise ConfigError(f"--metric-for-best-model {best}: use loss or one of {', '.join(SCORES)}")
+    changes: dict[str, Any] = {"bf16": precision == "bf16", "fp16": precision == "fp16"}
+    if not torch.cuda.is_available():
+        # Without it the Trainer neither makes torchrun's CPU processes one (gloo) group nor allows bf16.
+        changes["use_cpu"] = True
+    if resume:
+        changes["eval_on_start"] = False  # the checkpoint's log history already holds the baseline
+    return dataclasses.replace(training_args, **changes)
+
+
+def _scores(entry: Mapping[str, Any], prefix: str = "eval_") -> dict[str, Any]:
+    """An evaluation's metrics without their prefix (wer, cer, ..., loss, runtime, samples_per_second)."""
+    record = {key.removeprefix(prefix): value for key, value in entry.items() if key.startswith(prefix)}
+    return {key: value for key, value in record.items() if key != "steps_per_second"}
+
+
+def _metrics_record(
+    trainer: WhisperTrainer, train_metrics: Mapping[str, Any], best: Mapping[str, Any]
+) -> dict:
+    """metrics.json: the baseline (step 0), every evaluation, the best model's scores and training figures."""
+    state = trainer.state
+    evaluations = [
+        {"step": entry["step"], "epoch": entry.get("epoch"), **_scores(entry)}
+        for entry in state.log_history
+        if "eval_wer" in entry
+    ]
+    baseline = next((entry for entry in evaluations if entry["step"] == 0), None)
+    losses = [
+        {"step": entry["step"], "loss": entry["loss"], "learning_rate": entry.get("learning_rate")}
+        for entry in state.log_history
+        if "loss" in entry
+    ]
+    return {
+        "baseline": baseline,
+        "evaluations": [entry for entry in evaluations if entry["step"] != 0],
+        "best": {
+            "step": state.best_global_step,
+            "checkpoint": state.best_model_checkpoint,
+            "metric": trainer.args.metric_for_best_model,
+            **_scores(best),
+        },
+        "train": {
+            "loss": train_metrics.get("train_loss"),
+            "runtime": train_metrics.get("train_runtime"),
+            "samples_per_second": train_metrics.get("train_samples_per_second"),
+            "steps_per_second": train_metrics.get("train_steps_per_second"),
+            "global_step": state.global_step,
+            "epochs": state.epoch,
+            "loss_history": losses,
+        },
+    }
+
+
+def _write_predictions(path: Path, sources: Sequence[Mapping[str, Any]], prediction, tokenizer) -> None:
+    """One JSON line per clean validation utterance: where it is from, reference, hypothesis, its WER."""
+    decode = ComputeMetrics(tokenizer).decode
+    references, hypotheses = decode(prediction.label_ids), decode(prediction.predictions)
+    lines = [
+        json.dumps({**source, "reference": ref, "hypothesis": hyp, **scores}, ensure_ascii=False)
+        for source, ref, hyp, scores in zip(
+            sources, references, hypotheses, utterance_wers(references, hypotheses), strict=True
+        )
+    ]
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+
+
+def _versions() -> dict[str, str]:
+    import accelerate
+    import peft
+    import transformers
+
+    return {
+        "torch": str(torch.__version__),
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "accelerate": accelerate.__version__,
+        "datasets": datasets.__version__,
+    }
+
+
+def _write_json(path: Path, value: Any) -> None:
+    path.write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _write_yaml(path: Path, value: Any) -> None:
+    text = yaml.safe_dump(value, sort_keys=False, allow_unicode=True, width=110)
+    path.write_text(f"# {CONFIG_FILE}: every setting of this run, resolved.\n{text}", encoding="utf-8")
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{100 * value:.1f}%"
+
+
+def _score_line(record: Mapping[str, Any] | None) -> str:
+    if not record:
+        return "not evaluated"
+    return (
+        f"WER {_percent(record.get('wer'))}  CER {_percent(record.get('cer'))}  (normalized: WER "
+        f"{_percent(record.get('normalized_wer'))}, CER {_percent(record.get('normalized_cer'))})"
+    )
+
+
+def format_summary(report: TrainingReport) -> str:
+    """The one-screen summary printed at the end."""
+    metrics, settings = report.metrics, report.settings
+    cache, resolved, train, arguments = (
+        settings["cache"],
+        settings["resolved"],
+        metrics["train"],
+        settings["arguments"],
+    )
+    adapter = (
+        f"continued adapter {arguments['adapter']}"
+        if arguments["adapter"]
+        else f"new LoRA r={arguments['lora_r']} alpha={arguments['lora_alpha']}"
+    )
+    if resolved["unfreeze_conv"]:
+        adapter += " + conv1/conv2"
+    best, baseline = metrics["best"], metrics["baseline"]
+    at_step = f" at step {best['step']}" if best.get("step") is not None else ""
+    out = report.output_dir
+    lines = [
+        "train_model.py summary",
+        f"  data         {cache['examples']['train']} train / {cache['examples']['validation']} validation "
+        f"examples from {cache['data_dir']} (fingerprint {cache['fingerprint'][:12]})",
+        f"  model        {arguments['model']} + {adapter}, {resolved['precision']}, "
+        f"{resolved['trainable_parameters']:,} of {resolved['total_parameters']:,} parameters trained",
+        f"  training     {train['global_step']} steps, {train['epochs'] or 0:.2f} epochs, "
+        f"{train['runtime'] or 0:.0f} s, {train['samples_per_second'] or 0:.2f} samples/s, "
+        f"train loss {train['loss'] or 0:.4f}, {resolved['world_size']} process(es)",
+        f"  baseline     {_score_line(baseline)}",
+        f"  best         {_score_line(best)}{at_step}",
+    ]
+    if baseline and best.get("wer") is not None and best["wer"] >= baseline["wer"]:
+        lines.append("  note         fine-tuning did not improve on the starting model's WER")
+    lines += [
+        f"  outputs      {out / ADAPTER_DIR}, {out / METRICS_FILE},",
+        f"               {out / PREDICTIONS_FILE}, {out / CONFIG_FILE}",
+        f"  tensorboard  tensorboard --logdir {out / 'runs'}",
+    ]
+    return "\n".join(lines)
+
+
+@exit_on_user_error
+def main(argv: Sequence[str] | None = None) -> int:
+    report = run_training(*parse_arguments(sys.argv[1:] if argv is None else argv))
+    if report.first_process:
+        print(format_summary(report))
+    return 0
