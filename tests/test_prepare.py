@@ -1,0 +1,362 @@
+"""prepare_data.py end to end: espeak audio on moto S3 over TLS, the tiny model's processor, a real cache."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import unicodedata
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pytest
+from transformers import WhisperFeatureExtractor, WhisperTokenizerFast
+
+from tests.fixtures.cache import prepare_arguments, stage_corpus
+from whisper_pipeline.audio import AugmentationSettings, cut, decode_audio
+from whisper_pipeline.cache import exclusive_lock, open_cache
+from whisper_pipeline.errors import CacheError
+from whisper_pipeline.features import pad_features
+from whisper_pipeline.prepare import TooManyFailures, run_prepare
+from whisper_pipeline.synthetic import (
+    NOISE,
+    LabelStudioExport,
+    Part,
+    Utterance,
+    compose,
+    encode_audio,
+    synthesize,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+COLUMNS = {"input_features", "labels", "text", "audio_uri", "segment_id", "start", "end", "augmentation"}
+
+
+def cache_digest(root: Path) -> str:
+    """Every row of both splits, feature bytes included, in order: equal digests mean identical caches."""
+    digest = hashlib.sha256()
+    for split in ("train", "validation"):
+        table = datasets.load_from_disk(str(root / split)).data.table
+        for batch in table.to_batches():
+            for column in batch.columns:
+                for buffer in column.buffers():
+                    if buffer is not None:
+                        digest.update(buffer)
+        digest.update(split.encode())
+    return digest.hexdigest()
+
+
+def _copy(cache: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "processed_data"
+    shutil.copytree(cache, target)
+    return target
+
+
+def test_cache_layout_columns_and_kept_texts(prepared_cache, staged_corpus):
+    splits = {
+        split: datasets.load_from_disk(str(prepared_cache / split)) for split in ("train", "validation")
+    }
+    texts_by_uri: dict[str, list[str]] = {}
+    for dataset in splits.values():
+        assert set(dataset.column_names) >= COLUMNS
+        for row in dataset.select_columns(["audio_uri", "text", "augmentation", "segment_id"]):
+            if row["augmentation"] == 0:
+                texts_by_uri.setdefault(row["audio_uri"], []).append(row["text"])
+    assert {uri: " ".join(texts) for uri, texts in texts_by_uri.items()} == {
+        uri: " ".join(texts) for uri, texts in staged_corpus.texts.items()
+    }
+    # Grouped by recording: no audio in both splits; only training rows are augmented.
+    uris = {split: set(dataset["audio_uri"]) for split, dataset in splits.items()}
+    assert uris["train"] and uris["validation"] and not uris["train"] & uris["validation"]
+    assert set(splits["validation"]["augmentation"]) == {0}
+    assert set(splits["train"]["augmentation"]) == {0, 1}
+    report = json.loads((prepared_cache / "prepare_report.json").read_text())
+    assert report["recordings"]["total"] == len(staged_corpus.texts) and report["recordings"]["failed"] == 0
+    assert report["skips"]["by_reason"] == {"excluded_label": 1}
+    assert report["examples"]["train"] == len(splits["train"]) == 2 * report["windows"]["train"]
+    assert report["augmented_examples"] == report["windows"]["train"]
+    assert report["cache_bytes"] > 0 and report["audio_seconds"]["train"] > 0
+
+
+def test_reloaded_padded_features_equal_the_feature_extractor_on_padded_audio(
+    prepared_cache, tiny_model_dir, speech_clips, multi_utterance_recording
+):
+    extractor = WhisperFeatureExtractor.from_pretrained(str(tiny_model_dir))
+    cache = open_cache(prepared_cache, model_dir=tiny_model_dir)
+    sources = {f"clips/{clip.name}.flac": clip.paths["flac"] for clip in speech_clips}
+    sources[f"calls/{multi_utterance_recording.path.name}"] = multi_utterance_recording.path
+    checked = 0
+    for dataset in (cache.train, cache.validation):
+        for row in dataset.with_format("numpy"):
+            key = row["audio_uri"].split("/", 3)[3]
+            if row["augmentation"] or key not in sources:
+                continue
+            audio = cut(decode_audio(sources[key].read_bytes()), float(row["start"]), float(row["end"]))
+            expected = extractor(audio, sampling_rate=16_000, return_tensors="np").input_features[0]
+            padded = pad_features(row["input_features"], float(row["pad_value"]))
+            assert padded.shape == expected.shape == (80, 3000)
+            assert np.abs(padded - expected).max() <= 1e-3
+            checked += 1
+    assert checked == len(sources)
+
+
+def test_labels_carry_the_prefix_and_decode_back_to_the_text(prepared_cache, tiny_model_dir):
+    tokenizer = WhisperTokenizerFast.from_pretrained(str(tiny_model_dir))
+    prefix = tokenizer.convert_tokens_to_ids(
+        ["<|startoftranscript|>", "<|vi|>", "<|transcribe|>", "<|notimestamps|>"]
+    )
+    cache = open_cache(prepared_cache)
+    for row in cache.validation.select_columns(["labels", "text"]):
+        assert row["labels"][:4] == prefix and row["labels"][-1] == tokenizer.eos_token_id
+        assert tokenizer.decode(row["labels"], skip_special_tokens=True) == row["text"]
+        assert unicodedata.is_normalized("NFC", row["text"])
+
+
+def test_rerun_is_a_no_op_and_force_or_a_changed_setting_rebuilds(
+    prepared_cache, staged_corpus, tiny_model_dir, tmp_path
+):
+    root = _copy(prepared_cache, tmp_path)
+    before = cache_digest(root)
+    args = prepare_arguments(staged_corpus, tiny_model_dir, root)
+    again = run_prepare(args, AugmentationSettings(), environ=staged_corpus.env)
+    assert again.current and cache_digest(root) == before
+
+    changed = run_prepare(
+        prepare_arguments(staged_corpus, tiny_model_dir, root, augment_copies=2),
+        AugmentationSettings(),
+        environ=staged_corpus.env,
+    )
+    assert not changed.current
+    report = changed.report
+    assert report["examples"]["train"] == 3 * report["windows"]["train"]
+    # The validation recordings' work does not depend on augment_copies: reused, not recomputed.
+    assert report["recordings"]["reused"] > 0
+    assert report["recordings"]["computed"] + report["recordings"]["reused"] == report["recordings"]["total"]
+
+    forced = run_prepare(
+        prepare_arguments(staged_corpus, tiny_model_dir, root, augment_copies=2, force=True),
+        AugmentationSettings(),
+        environ=staged_corpus.env,
+    )
+    assert forced.report["recordings"]["computed"] == forced.report["recordings"]["total"]
+
+
+def test_new_recordings_cost_only_their_own_work_and_do_not_move_old_ones(
+    s3_tls_server, speech_clips, multi_utterance_recording, prepared_cache, tiny_model_dir, tmp_path
+):
+    corpus = stage_corpus(s3_tls_server, "grown-corpus", speech_clips, multi_utterance_recording)
+    root = _copy(prepared_cache, tmp_path)
+    old = open_cache(root)
+    old_split = {uri: "train" for uri in old.train["audio_uri"]} | {
+        uri: "validation" for uri in old.validation["audio_uri"]
+    }
+    for index, clip in enumerate(speech_clips[:3]):
+        key = f"new/{index}.flac"
+        s3_tls_server.upload_file(corpus.bucket, key, clip.paths["flac"])
+        corpus.export.add_task(f"s3://{corpus.bucket}/{key}", [Utterance(clip.text, 0.0, clip.duration)])
+    s3_tls_server.put_bytes(corpus.bucket, "exports/project.json", corpus.export.to_json().encode())
+    summary = run_prepare(
+        prepare_arguments(corpus, tiny_model_dir, root), AugmentationSettings(), environ=corpus.env
+    )
+    recordings = summary.report["recordings"]
+    assert (recordings["computed"], recordings["reused"]) == (3, len(old_split))
+    new = open_cache(root)
+    for split, dataset in (("train", new.train), ("validation", new.validation)):
+        for uri in set(dataset["audio_uri"]):
+            renamed = uri.replace("grown-corpus", "prepared-cache")
+            assert old_split.get(renamed, split) == split
+
+
+def test_a_second_run_on_the_same_folder_is_refused_clearly(prepared_cache, staged_corpus, tiny_model_dir):
+    args = prepare_arguments(staged_corpus, tiny_model_dir, prepared_cache)
+    with exclusive_lock(prepared_cache), pytest.raises(CacheError, match=r"another prepare_data\.py run"):
+        run_prepare(args, AugmentationSettings(), environ=staged_corpus.env)
+
+
+def _cli_args(corpus, model_dir: Path, output_dir: Path) -> list[str]:
+    return [
+        sys.executable, "prepare_data.py",
+        "--annotations", corpus.annotations_uri, "--model", str(model_dir), "--output-dir", str(output_dir),
+        "--val-fraction", "0.25", "--augment-copies", "1", "--num-workers", "2",
+    ]  # fmt: skip
+
+
+def run_with_kills(
+    command: list[str], env: dict[str, str], kills: int, seed: int
+) -> subprocess.CompletedProcess:
+    """Start the command, kill -9 its whole process group after a random delay, `kills` times; then finish."""
+    rng = random.Random(seed)
+    for _ in range(kills):
+        process = subprocess.Popen(
+            command,
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        time.sleep(rng.uniform(1.0, 12.0))
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_kill_9_at_random_points_then_rerun_gives_the_identical_cache(
+    prepared_cache, staged_corpus, tiny_model_dir, tmp_path
+):
+    output_dir = tmp_path / "processed_data"
+    env = {**os.environ, **staged_corpus.env}
+    result = run_with_kills(_cli_args(staged_corpus, tiny_model_dir, output_dir), env, kills=3, seed=1)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert cache_digest(output_dir) == cache_digest(prepared_cache)
+    assert not (output_dir / ".staging").exists()
+
+
+def _edge_case_corpus(server, bucket: str, model_dir: Path) -> tuple[LabelStudioExport, dict[str, list[str]]]:
+    """One task per case of the issue; returns the export and the texts each kept recording must have."""
+    server.create_bucket(bucket)
+    say = {text: synthesize(text) for text in ("Một hai ba.", "Bốn năm sáu.", "Bảy tám chín mười.")}
+    one, two, three = say
+    export = LabelStudioExport(seed=5)
+    expected: dict[str, list[str]] = {}
+
+    def upload(name: str, parts: list[Part]) -> tuple[str, list[Utterance]]:
+        samples, utterances = compose(parts)
+        server.put_bytes(bucket, name, encode_audio(samples, 16_000, "flac"))
+        return f"s3://{bucket}/{name}", utterances
+
+    uri, regions = upload("two_regions.flac", [Part(say[one], one), Part(say[two], two)])
+    export.add_task(uri, regions)
+    expected[uri] = [one, two]
+
+    uri, regions = upload("noise.flac", [Part(say[one], one), Part(say[two] * 0.0 + 0.01, label=NOISE)])
+    export.add_task(uri, regions)
+    expected[uri] = [one]
+
+    uri, regions = upload("several.flac", [Part(say[three], three)])
+    task = export.add_task(uri, [Utterance("bản nháp", regions[0].start, regions[0].end)])
+    export.add_annotation(task, regions)
+    expected[uri] = [three]
+
+    uri, regions = upload("cancelled.flac", [Part(say[one], one)])
+    export.add_annotation(export.add_task(uri, None), regions, cancelled=True)
+
+    uri, regions = upload("predicted.flac", [Part(say[one], one)])
+    export.add_prediction(export.add_task(uri, None), regions)
+
+    uri, regions = upload(
+        "list_text.flac", [Part(say[two], f"{two.split()[0]}\n{' '.join(two.split()[1:])}")]
+    )
+    export.add_task(uri, regions)
+    expected[uri] = [two]
+
+    uri, regions = upload("empty_text.flac", [Part(say[one], one), Part(say[two], "")])
+    export.add_task(uri, regions)
+    expected[uri] = [one]
+
+    long_parts = [Part(say[text], text) for text in [one, two, three] * 4]
+    uri, regions = upload("long.flac", long_parts)
+    export.add_task(uri, regions)
+    expected[uri] = [text for text in [one, two, three] * 4]
+
+    export.add_task(f"s3://{bucket}/missing.flac", [Utterance(one, 0.0, 1.0)])
+
+    uri, regions = upload("nfd.flac", [Part(say[three], unicodedata.normalize("NFD", three))])
+    export.add_task(uri, regions)
+    expected[uri] = [three]
+    server.put_bytes(bucket, "export.json", export.to_json().encode())
+    return export, expected
+
+
+def test_export_cases_keep_exact_texts_and_count_every_skip(s3_tls_server, tiny_model_dir, tmp_path):
+    bucket = "edge-cases"
+    _, expected = _edge_case_corpus(s3_tls_server, bucket, tiny_model_dir)
+    env = s3_tls_server.env(bucket)
+    args = prepare_arguments(
+        type("C", (), {"annotations_uri": f"s3://{bucket}/export.json"})(),
+        tiny_model_dir,
+        tmp_path / "cache",
+        augment_copies=0,
+        val_fraction=0.0,
+        max_skip_fraction=0.5,
+    )
+    report = run_prepare(args, AugmentationSettings(), environ=env).report
+    assert report["skips"]["by_reason"] == {
+        "empty_text": 1,
+        "excluded_label": 1,
+        "missing_object": 1,
+        "only_cancelled_annotations": 1,
+        "only_predictions": 1,
+    }
+    items = {(item["reason"], item["audio_uri"]) for item in report["skips"]["items"]}
+    assert ("missing_object", f"s3://{bucket}/missing.flac") in items
+    cache = open_cache(tmp_path / "cache")
+    rows = cache.train.select_columns(["audio_uri", "text", "start", "end"]).to_list()
+    kept: dict[str, list[str]] = {}
+    for row in rows:
+        assert row["end"] - row["start"] <= 30.0
+        kept.setdefault(row["audio_uri"], []).append(row["text"])
+    assert {uri: " ".join(texts) for uri, texts in kept.items()} == {
+        uri: " ".join(texts) for uri, texts in expected.items()
+    }
+    assert len(kept[f"s3://{bucket}/long.flac"]) >= 2  # over 30 s: split at region boundaries
+
+
+def test_too_many_failed_recordings_fail_the_run_and_keep_the_previous_cache(
+    s3_tls_server, tiny_model_dir, tmp_path
+):
+    bucket = "mostly-missing"
+    s3_tls_server.create_bucket(bucket)
+    export = LabelStudioExport()
+    for index in range(4):
+        export.add_task(f"s3://{bucket}/missing-{index}.flac", [Utterance("Một hai ba.", 0.0, 1.0)])
+    s3_tls_server.put_bytes(bucket, "export.json", export.to_json().encode())
+    args = prepare_arguments(
+        type("C", (), {"annotations_uri": f"s3://{bucket}/export.json"})(), tiny_model_dir, tmp_path / "c"
+    )
+    with pytest.raises(TooManyFailures, match="missing_object"):
+        run_prepare(args, AugmentationSettings(), environ=s3_tls_server.env(bucket))
+    assert not (tmp_path / "c" / "prepare_report.json").exists()
+
+
+@pytest.mark.parametrize(
+    "case, fragment",
+    [
+        ("no_model", "--model"),
+        ("no_annotations", "--annotations"),
+        ("no_ca_bundle", "AWS_CA_BUNDLE"),
+        ("unknown_bucket", "no-such-bucket"),
+        ("bad_config_key", "augment_copy"),
+    ],
+)
+def test_user_errors_are_one_line_exit_2_before_heavy_work(
+    case, fragment, staged_corpus, tiny_model_dir, tmp_path
+):
+    env = {**os.environ, **staged_corpus.env}
+    command = _cli_args(staged_corpus, tiny_model_dir, tmp_path / "out")
+    if case == "no_model":
+        command[command.index("--model") + 1] = str(tmp_path / "nowhere")
+    elif case == "no_annotations":
+        command[command.index("--annotations") + 1] = str(tmp_path / "missing.json")
+    elif case == "no_ca_bundle":
+        env.pop("AWS_CA_BUNDLE")
+    elif case == "unknown_bucket":
+        command[command.index("--annotations") + 1] = "s3://no-such-bucket/export.json"
+    elif case == "bad_config_key":
+        config = tmp_path / "prepare.yaml"
+        config.write_text("augment_copy: 2\n")
+        command.insert(2, str(config))
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out" / "prepare_report.json").exists()

