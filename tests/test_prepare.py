@@ -149,29 +149,28 @@ def test_rerun_is_a_no_op_and_force_or_a_changed_setting_rebuilds(
 
 
 def test_new_recordings_cost_only_their_own_work_and_do_not_move_old_ones(
-    s3_tls_server, speech_clips, multi_utterance_recording, prepared_cache, tiny_model_dir, tmp_path
+    s3_tls_server, staged_corpus, speech_clips, prepared_cache, tiny_model_dir, tmp_path
 ):
-    corpus = stage_corpus(s3_tls_server, "grown-corpus", speech_clips, multi_utterance_recording)
     root = _copy(prepared_cache, tmp_path)
     old = open_cache(root)
-    old_split = {uri: "train" for uri in old.train["audio_uri"]} | {
-        uri: "validation" for uri in old.validation["audio_uri"]
-    }
+    old_split = {uri: "train" for uri in old.train["audio_uri"]}
+    old_split |= {uri: "validation" for uri in old.validation["audio_uri"]}
+    grown = LabelStudioExport(seed=2)
+    grown.tasks = json.loads(staged_corpus.export.to_json())
     for index, clip in enumerate(speech_clips[:3]):
         key = f"new/{index}.flac"
-        s3_tls_server.upload_file(corpus.bucket, key, clip.paths["flac"])
-        corpus.export.add_task(f"s3://{corpus.bucket}/{key}", [Utterance(clip.text, 0.0, clip.duration)])
-    s3_tls_server.put_bytes(corpus.bucket, "exports/project.json", corpus.export.to_json().encode())
-    summary = run_prepare(
-        prepare_arguments(corpus, tiny_model_dir, root), AugmentationSettings(), environ=corpus.env
-    )
+        s3_tls_server.upload_file(staged_corpus.bucket, key, clip.paths["flac"])
+        grown.add_task(f"s3://{staged_corpus.bucket}/{key}", [Utterance(clip.text, 0.0, clip.duration)])
+    s3_tls_server.put_bytes(staged_corpus.bucket, "exports/grown.json", grown.to_json().encode())
+    args = prepare_arguments(staged_corpus, tiny_model_dir, root)
+    args.annotations = f"s3://{staged_corpus.bucket}/exports/grown.json"
+    summary = run_prepare(args, AugmentationSettings(), environ=staged_corpus.env)
     recordings = summary.report["recordings"]
     assert (recordings["computed"], recordings["reused"]) == (3, len(old_split))
     new = open_cache(root)
     for split, dataset in (("train", new.train), ("validation", new.validation)):
         for uri in set(dataset["audio_uri"]):
-            renamed = uri.replace("grown-corpus", "prepared-cache")
-            assert old_split.get(renamed, split) == split
+            assert old_split.get(uri, split) == split
 
 
 def test_a_second_run_on_the_same_folder_is_refused_clearly(prepared_cache, staged_corpus, tiny_model_dir):
@@ -262,10 +261,10 @@ def _edge_case_corpus(server, bucket: str, model_dir: Path) -> tuple[LabelStudio
     export.add_task(uri, regions)
     expected[uri] = [one]
 
-    long_parts = [Part(say[text], text) for text in [one, two, three] * 4]
+    long_parts = [Part(say[text], text) for text in [one, two, three] * 8]
     uri, regions = upload("long.flac", long_parts)
     export.add_task(uri, regions)
-    expected[uri] = [text for text in [one, two, three] * 4]
+    expected[uri] = [one, two, three] * 8
 
     export.add_task(f"s3://{bucket}/missing.flac", [Utterance(one, 0.0, 1.0)])
 

@@ -265,7 +265,8 @@ def finalize(
             if parts
             else datasets.Dataset.from_dict({name: [] for name in features}, features=features)
         )
-        dataset.save_to_disk(str(build / split))
+        # An empty split still gets its one (empty) shard: without it load_from_disk cannot open it.
+        dataset.save_to_disk(str(build / split), num_shards=None if len(dataset) else 1)
     (build / RECORDINGS_NAME).write_text(json.dumps(recordings, sort_keys=True), encoding="utf-8")
     cache_bytes = sum(path.stat().st_size for path in build.rglob("*") if path.is_file())
     report = make_report(cache_bytes)

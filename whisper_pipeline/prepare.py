@@ -8,6 +8,7 @@ are in flight between the download threads and the workers.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import multiprocessing
 import os
@@ -38,6 +39,7 @@ from whisper_pipeline.audio_sources import (
     AudioRef,
     AudioSourceError,
     S3Settings,
+    TransferStats,
     UnresolvableAudioError,
     load_env_file,
     make_s3_client,
@@ -62,11 +64,13 @@ from whisper_pipeline.cache import (
 )
 from whisper_pipeline.config import parse_config, to_plain_dict
 from whisper_pipeline.constants import CHUNK_SECONDS, SAMPLE_RATE
-from whisper_pipeline.errors import ConfigError, ModelError, PipelineError, exit_on_user_error
+from whisper_pipeline.errors import CacheError, ConfigError, ModelError, PipelineError, exit_on_user_error
 from whisper_pipeline.features import LabelEncoder, LogMelFeaturizer
 from whisper_pipeline.segments import TRAIN, VALIDATION, Window, assign_splits, pack_windows
 
 EXIT_TOO_MANY_FAILURES = 1
+# Errors of a full, read-only or forbidden output folder: the user's to fix, said in one line.
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT}
 
 
 @dataclass
@@ -277,20 +281,7 @@ def run_prepare(
         "processor": processor_fingerprint(model_dir),
     }
     works = {
-        uri: RecordingWork(
-            key=stable_hash(
-                {
-                    "settings": settings,
-                    "object": infos[uri],
-                    "split": splits[uri],
-                    "windows": [asdict(window) for window in windows_by_uri[uri]],
-                }
-            ),
-            audio_uri=uri,
-            split=splits[uri],
-            windows=tuple(windows_by_uri[uri]),
-            copies=args.augment_copies if splits[uri] == TRAIN else 0,
-        )
+        uri: _recording_work(uri, splits[uri], windows_by_uri[uri], infos[uri], settings, args, augmentation)
         for uri in sorted(infos)
     }
     fingerprint = stable_hash(
@@ -302,84 +293,126 @@ def run_prepare(
         }
     )
 
-    with exclusive_lock(layout.root):
-        previous_report = read_report(layout.root)
-        if not args.force and previous_report and previous_report.get("fingerprint") == fingerprint:
-            return PrepareSummary(previous_report, current=True)
-        features = cache_features(_num_mel_bins(model_dir))
-        store = ShardStore(layout, features)
-        previous = {} if args.force else previous_recordings(layout.root)
-        results = _build_recordings(works, refs, store, previous, args, augmentation, model_dir, s3)
-        for result in results.values():
-            skips.extend(Skip(**skip) for skip in result.meta["skips"])
-        recordings_total = len(windows_by_uri)
-        failed = len(stat_skips) + sum(1 for result in results.values() if result.meta["failed"])
-        by_reason = dict(sorted(Counter(skip.reason for skip in skips).items()))
-        if recordings_total and failed / recordings_total > args.max_skip_fraction:
-            raise TooManyFailures(
-                f"{failed} of {recordings_total} recordings could not be used, more than --max-skip-fraction "
-                f"{args.max_skip_fraction} (skips by reason: {by_reason}); the previous cache is untouched"
-            )
-        if not any(result.meta["rows"] for result in results.values()):
-            raise TooManyFailures(
-                f"no usable windows, the cache would be empty (skips by reason: {by_reason})"
-            )
-
-        def make_report(cache_bytes: int) -> dict[str, Any]:
-            elapsed = time.perf_counter() - started
-            audio_seconds = {
-                split: round(
-                    sum(r.meta["audio_seconds"] for r in results.values() if r.meta["split"] == split), 3
+    try:
+        with exclusive_lock(layout.root):
+            previous_report = read_report(layout.root)
+            if not args.force and previous_report and previous_report.get("fingerprint") == fingerprint:
+                return PrepareSummary(previous_report, current=True)
+            features = cache_features(_num_mel_bins(model_dir))
+            store = ShardStore(layout, features)
+            previous = {} if args.force else previous_recordings(layout.root)
+            results = _build_recordings(works, refs, store, previous, args, augmentation, model_dir, s3)
+            for result in results.values():
+                skips.extend(Skip(**skip) for skip in result.meta["skips"])
+            recordings_total = len(windows_by_uri)
+            failed = len(stat_skips) + sum(1 for result in results.values() if result.meta["failed"])
+            by_reason = dict(sorted(Counter(skip.reason for skip in skips).items()))
+            if recordings_total and failed / recordings_total > args.max_skip_fraction:
+                raise TooManyFailures(
+                    f"{failed} of {recordings_total} recordings could not be used, more than "
+                    f"--max-skip-fraction {args.max_skip_fraction} (skips by reason: {by_reason}); "
+                    "the previous cache is untouched"
                 )
-                for split in (TRAIN, VALIDATION)
-            }
-            to_retry = sum(1 for r in results.values() if r.source is None)
-            return {
-                "format_version": FORMAT_VERSION,
-                # A build with downloads to retry is complete but not current: the next run retries them.
-                "fingerprint": fingerprint if not to_retry else f"retry-needed:{fingerprint}",
-                "processor_fingerprint": settings["processor"],
-                "package_version": __version__,
-                "model": str(model_dir),
-                "annotations": args.annotations,
-                "settings": {**to_plain_dict(args), "augmentation": asdict(augmentation)},
-                "tasks": {
-                    "read": parsed.tasks_read,
-                    "used": len({w.task_id for work in works.values() for w in work.windows}),
-                },
-                "regions": dict(parsed.regions_by_kind),
-                "recordings": {
-                    "total": recordings_total,
-                    "computed": sum(1 for r in results.values() if r.origin == "computed"),
-                    "resumed": sum(1 for r in results.values() if r.origin == "resumed"),
-                    "reused": sum(1 for r in results.values() if r.origin == "reused"),
-                    "failed": failed,
-                    "to_retry": to_retry,
-                },
-                "windows": {
-                    split: sum(r.meta["windows"] for r in results.values() if r.meta["split"] == split)
-                    for split in (TRAIN, VALIDATION)
-                },
-                "examples": {
-                    split: sum(r.meta["rows"] for r in results.values() if r.meta["split"] == split)
-                    for split in (TRAIN, VALIDATION)
-                },
-                "augmented_examples": sum(r.meta["augmented_rows"] for r in results.values()),
-                "audio_seconds": audio_seconds,
-                "skips": {
-                    "by_reason": by_reason,
-                    "items": [asdict(skip) for skip in skips],
-                },
-                "elapsed_seconds": round(elapsed, 3),
-                "audio_seconds_per_second": round(sum(audio_seconds.values()) / elapsed, 2),
-                "cache_bytes": cache_bytes,
-            }
+            if not any(result.meta["rows"] for result in results.values()):
+                raise TooManyFailures(
+                    f"no usable windows, the cache would be empty (skips by reason: {by_reason})"
+                )
 
-        sources = [result.source for result in results.values() if result.source is not None]
-        recordings = {works[uri].key: dict(result.meta) for uri, result in results.items() if result.source}
-        report = finalize(layout, sources, features, recordings, make_report)
-        store.clear()
+            def make_report(cache_bytes: int) -> dict[str, Any]:
+                elapsed = time.perf_counter() - started
+                audio_seconds = {
+                    split: round(
+                        sum(r.meta["audio_seconds"] for r in results.values() if r.meta["split"] == split), 3
+                    )
+                    for split in (TRAIN, VALIDATION)
+                }
+                to_retry = sum(1 for r in results.values() if r.source is None)
+                return {
+                    "format_version": FORMAT_VERSION,
+                    # A build with downloads to retry is complete but not current: the next run retries them.
+                    "fingerprint": fingerprint if not to_retry else f"retry-needed:{fingerprint}",
+                    "processor_fingerprint": settings["processor"],
+                    "package_version": __version__,
+                    "model": str(model_dir),
+                    "annotations": args.annotations,
+                    "settings": {**to_plain_dict(args), "augmentation": asdict(augmentation)},
+                    "tasks": {
+                        "read": parsed.tasks_read,
+                        "used": len({w.task_id for work in works.values() for w in work.windows}),
+                    },
+                    "regions": dict(parsed.regions_by_kind),
+                    "recordings": {
+                        "total": recordings_total,
+                        "computed": sum(1 for r in results.values() if r.origin == "computed"),
+                        "resumed": sum(1 for r in results.values() if r.origin == "resumed"),
+                        "reused": sum(1 for r in results.values() if r.origin == "reused"),
+                        "failed": failed,
+                        "to_retry": to_retry,
+                    },
+                    "windows": {
+                        split: sum(r.meta["windows"] for r in results.values() if r.meta["split"] == split)
+                        for split in (TRAIN, VALIDATION)
+                    },
+                    "examples": {
+                        split: sum(r.meta["rows"] for r in results.values() if r.meta["split"] == split)
+                        for split in (TRAIN, VALIDATION)
+                    },
+                    "augmented_examples": sum(r.meta["augmented_rows"] for r in results.values()),
+                    "transfers": {
+                        "objects": s3.stats.objects,
+                        "bytes": s3.stats.bytes,
+                        "retries": s3.stats.retries,
+                    },
+                    "audio_seconds": audio_seconds,
+                    "skips": {
+                        "by_reason": by_reason,
+                        "items": [asdict(skip) for skip in skips],
+                    },
+                    "elapsed_seconds": round(elapsed, 3),
+                    "audio_seconds_per_second": round(sum(audio_seconds.values()) / elapsed, 2),
+                    "cache_bytes": cache_bytes,
+                }
+
+            sources = [result.source for result in results.values() if result.source is not None]
+            recordings = {
+                works[uri].key: dict(result.meta) for uri, result in results.items() if result.source
+            }
+            report = finalize(layout, sources, features, recordings, make_report)
+            store.clear()
+    except OSError as error:
+        if error.errno not in _WRITE_ERRNOS:
+            raise
+        raise CacheError(
+            f"cannot write the cache in {layout.root}: {error.strerror} ({error.filename or 'a cache file'})"
+            "; the previous cache is untouched: free space or fix the folder's permissions, then rerun"
+        ) from None
     return PrepareSummary(dict(report), current=False)
+
+
+def _recording_work(
+    uri: str,
+    split: str,
+    windows: Sequence[Window],
+    info: Mapping[str, Any],
+    settings: Mapping[str, Any],
+    args: PrepareArguments,
+    augmentation: AugmentationSettings,
+) -> RecordingWork:
+    """One recording's work, keyed by exactly what shapes its rows: a changed setting that does not touch
+    it (augmentation for a validation recording, another recording's audio) leaves it reusable."""
+    copies = args.augment_copies if split == TRAIN else 0
+    key = stable_hash(
+        {
+            "format_version": settings["format_version"],
+            "processor": settings["processor"],
+            "object": info,
+            "split": split,
+            "windows": [asdict(window) for window in windows],
+            "copies": copies,
+            "augmentation": {"settings": asdict(augmentation), "seed": args.seed} if copies else None,
+        }
+    )
+    return RecordingWork(key=key, audio_uri=uri, split=split, windows=tuple(windows), copies=copies)
 
 
 def _check_model_dir(model_dir: Path) -> None:
@@ -412,6 +445,7 @@ class _S3Access:
 
     def __init__(self, settings: S3Settings):
         self.settings = settings
+        self.stats = TransferStats()
         self._client = None
         self._lock = threading.Lock()
 
@@ -428,7 +462,7 @@ def _read_annotations(location: str, s3: _S3Access) -> bytes:
         ref = resolve_audio_uri(location, default_bucket=None, local_files_root=None)
         preflight(s3.client(), [ref.bucket])
         try:
-            return read_bytes(ref, s3.client())
+            return read_bytes(ref, s3.client(), s3.stats)
         except AudioSourceError as error:
             raise ConfigError(f"cannot read --annotations {location}: {error}") from None
     path = Path(location)
@@ -549,7 +583,9 @@ def _compute(
     client = s3.client() if needs_client else None
     results: dict[str, RecordingResult] = {}
     total_seconds = sum(window.duration for work in pending for window in work.windows)
-    progress = tqdm(total=round(total_seconds / 3600, 3), unit="audio-h", desc=f"recordings 0/{len(pending)}")
+    progress = tqdm(
+        total=round(total_seconds), unit="audio-s", unit_scale=True, desc=f"recordings 0/{len(pending)}"
+    )
 
     with (
         ProcessPoolExecutor(
@@ -566,7 +602,7 @@ def _compute(
                 if stop.is_set():
                     return
             try:
-                data = read_bytes(refs[work.audio_uri], client)
+                data = read_bytes(refs[work.audio_uri], client, s3.stats)
                 future = workers.submit(process_recording, work, data)
             except BaseException as error:  # handed to the main thread, which decides
                 in_flight.release()
@@ -599,7 +635,8 @@ def _compute(
                         shard.meta, "computed", RowSource(work.split, path)
                     )
                 progress.set_description(f"recordings {count}/{len(pending)}")
-                progress.update(round(seconds / 3600, 3))
+                progress.set_postfix_str(f"{progress.n / 3600:.2f} of {total_seconds / 3600:.2f} audio-h")
+                progress.update(seconds)
         finally:
             stop.set()
             workers.shutdown(wait=True, cancel_futures=True)
