@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from transformers import WhisperFeatureExtractor, WhisperTokenizerFast
 
-from tests.fixtures.cache import prepare_arguments, stage_corpus
+from tests.fixtures.cache import prepare_arguments
 from whisper_pipeline.audio import AugmentationSettings, cut, decode_audio
 from whisper_pipeline.cache import exclusive_lock, open_cache
 from whisper_pipeline.errors import CacheError

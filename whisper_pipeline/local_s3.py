@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import http.client
 import ipaddress
+import logging
 import socket
 import ssl
 import subprocess
@@ -150,6 +151,7 @@ class LocalS3Server:
         else:
             from moto.server import ThreadedMotoServer
 
+            logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request on stderr
             self._threaded = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
             self._threaded.start()
         return self

@@ -163,26 +163,29 @@ class S3Proxy:
         if rule is not None and rule.kind == "stall":
             time.sleep(rule.stall_s)
             return False
-        status, headers, body = self._forward(request)
+        status, headers, body, length = self._forward(request)
         if rule is not None and rule.kind == "truncate" and len(body) > 1:
-            client.sendall(_response_head(status, headers, len(body)) + body[: len(body) // 2])
+            client.sendall(_response_head(status, headers, length) + body[: len(body) // 2])
             return False
-        client.sendall(_response_head(status, headers, len(body)) + body)
+        client.sendall(_response_head(status, headers, length) + body)
         return True
 
-    def _forward(self, request: _Request) -> tuple[int, list[tuple[str, str]], bytes]:
+    def _forward(self, request: _Request) -> tuple[int, list[tuple[str, str]], bytes, int]:
+        """The upstream's answer: status, headers, body and the Content-Length to announce (a HEAD
+        announces the object's length and sends no body)."""
         connection = http.client.HTTPConnection("127.0.0.1", self.upstream_port, timeout=60)
         try:
             headers = {name: value for name, value in request.headers if name.lower() != "connection"}
             connection.request(request.method, request.path, body=request.body or None, headers=headers)
             response = connection.getresponse()
             body = response.read()
+            length = int(response.getheader("Content-Length") or 0) if request.method == "HEAD" else len(body)
             kept = [
                 (name, value)
                 for name, value in response.getheaders()
                 if name.lower() not in ("content-length", "connection", "transfer-encoding")
             ]
-            return response.status, kept, body
+            return response.status, kept, body, length
         finally:
             connection.close()
 

@@ -1,0 +1,331 @@
+"""audio_sources against moto's real S3 server: TLS with a private CA, plain HTTP behind a fault proxy."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from whisper_pipeline.audio_sources import (
+    AudioRef,
+    AudioSourceError,
+    ObjectInfo,
+    S3Settings,
+    TransferStats,
+    UnresolvableAudioError,
+    make_s3_client,
+    preflight,
+    read_bytes,
+    resolve_audio_uri,
+    split_s3_uri,
+    stat,
+)
+from whisper_pipeline.errors import ConfigError, S3Error
+from whisper_pipeline.local_s3 import free_port
+from whisper_pipeline.s3_proxy import FaultRule, S3Proxy
+
+REPO = Path(__file__).resolve().parents[1]
+SECRET = "SECRET-canary-123"
+
+
+def _refused(uri: str, reason: str, **kwargs) -> UnresolvableAudioError:
+    settings = {"default_bucket": None, "local_files_root": None, **kwargs}
+    with pytest.raises(UnresolvableAudioError) as caught:
+        resolve_audio_uri(uri, **settings)
+    assert caught.value.reason == reason and not caught.value.transient
+    return caught.value
+
+
+# --- resolving URIs ----------------------------------------------------------------------------------
+
+
+def test_s3_uris_keep_the_key_as_written():
+    ref = resolve_audio_uri(" s3://clips/a b/x#1?.wav ", default_bucket="other", local_files_root=None)
+    assert ref == AudioRef("s3://clips/a b/x#1?.wav", "s3", bucket="clips", key="a b/x#1?.wav")
+    assert split_s3_uri("s3://exports/ls/project.json") == ("exports", "ls/project.json")
+    for uri in ("s3://clips", "s3://clips/", "s3:///key.wav"):
+        _refused(uri, "unsupported_uri")
+
+
+def test_bare_keys_use_the_default_bucket():
+    ref = resolve_audio_uri("audio/one.flac", default_bucket="clips", local_files_root=None)
+    assert (ref.kind, ref.bucket, ref.key) == ("s3", "clips", "audio/one.flac")
+    assert "S3_BUCKET_NAME" in str(_refused("audio/one.flac", "no_bucket"))
+
+
+def test_label_studio_paths_resolve_under_the_local_files_root(tmp_path):
+    root = tmp_path / "root"
+    (root / "audio dir").mkdir(parents=True)
+    (root / "audio dir" / "a+b.wav").write_bytes(b"x")
+    (root / "7").mkdir()
+    (root / "7" / "f1-clip.mp3").write_bytes(b"x")
+    cases = {
+        "/data/local-files/?d=audio%20dir%2Fa%2Bb.wav": root / "audio dir" / "a+b.wav",
+        "http://ls.example:8080/data/local-files/?d=audio%20dir/a%2Bb.wav": root / "audio dir" / "a+b.wav",
+        "/data/upload/7/f1-clip.mp3": root / "7" / "f1-clip.mp3",
+        "https://ls.example/data/upload/7/f1-clip.mp3": root / "7" / "f1-clip.mp3",
+    }
+    for uri, expected in cases.items():
+        ref = resolve_audio_uri(uri, default_bucket="clips", local_files_root=root)
+        assert (ref.uri, ref.kind, ref.path) == (uri, "local", expected.resolve()), uri
+    _refused("/data/upload/7/f1-clip.mp3", "local_files_root_required")
+
+
+def test_paths_that_leave_the_root_are_refused(tmp_path):
+    root = tmp_path / "root"
+    (root / "audio").mkdir(parents=True)
+    (tmp_path / "outside.wav").write_bytes(b"x")
+    (root / "audio" / "inside.wav").write_bytes(b"x")
+    os.symlink(tmp_path / "outside.wav", root / "audio" / "escape.wav")
+    os.symlink(root / "audio" / "inside.wav", root / "audio" / "alias.wav")
+    for uri in (
+        "/data/local-files/?d=../../etc/passwd",
+        "/data/local-files/?d=audio/../../outside.wav",
+        "/data/local-files/?d=audio%2F..%2F..%2Foutside.wav",
+        "/data/local-files/?d=audio/escape.wav",
+        "/data/upload/../../outside.wav",
+        "/data/local-files/?d=",
+    ):
+        _refused(uri, "path_escapes_root", local_files_root=root)
+    inside = resolve_audio_uri(
+        "/data/local-files/?d=audio/alias.wav", default_bucket=None, local_files_root=root
+    )
+    assert inside.path == (root / "audio" / "inside.wav").resolve()
+
+
+def test_absolute_and_file_uris_are_plain_local_files(tmp_path):
+    path = tmp_path / "a clip.wav"
+    assert resolve_audio_uri(str(path), default_bucket="b", local_files_root=None).path == path
+    ref = resolve_audio_uri(path.as_uri(), default_bucket="b", local_files_root=None)
+    assert (ref.kind, ref.path) == ("local", path)
+
+
+def test_allowed_buckets_and_unsupported_uris():
+    allowed = {"default_bucket": "clips", "allowed_buckets": ["clips"]}
+    assert resolve_audio_uri("s3://clips/a.wav", local_files_root=None, **allowed).bucket == "clips"
+    assert resolve_audio_uri("a.wav", local_files_root=None, **allowed).bucket == "clips"
+    _refused("s3://elsewhere/a.wav", "bucket_not_allowed", allowed_buckets=["clips"])
+    _refused("a.wav", "bucket_not_allowed", default_bucket="elsewhere", allowed_buckets=["clips"])
+    assert resolve_audio_uri("s3://any/a.wav", default_bucket=None, local_files_root=None, allowed_buckets=[])
+    _refused("https://example.com/a.flac", "unsupported_uri")
+    _refused("ftp://example.com/a.flac", "unsupported_uri")
+
+
+# --- settings and clients ----------------------------------------------------------------------------
+
+
+def test_settings_never_show_the_secret():
+    settings = S3Settings.from_env(
+        {"AWS_ACCESS_KEY_ID": "AKIDEXAMPLE", "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_SESSION_TOKEN": SECRET}
+    )
+    assert settings.secret_access_key == SECRET
+    assert SECRET not in repr(settings) and SECRET not in str(settings) and "AKIDEXAMPLE" in repr(settings)
+
+
+def test_endpoint_and_region_precedence_empty_means_unset():
+    env = {
+        "S3_ENDPOINT_URL": "https://minio.internal:9000",
+        "AWS_ENDPOINT_URL_S3": "https://s3-specific",
+        "AWS_ENDPOINT_URL": "https://generic",
+    }
+    assert S3Settings.from_env(env).endpoint_url == "https://minio.internal:9000"
+    assert S3Settings.from_env({**env, "S3_ENDPOINT_URL": ""}).endpoint_url == "https://s3-specific"
+    only_generic = {"S3_ENDPOINT_URL": "", "AWS_ENDPOINT_URL_S3": "", "AWS_ENDPOINT_URL": "https://generic"}
+    assert S3Settings.from_env(only_generic).endpoint_url == "https://generic"
+    empty = S3Settings.from_env({"AWS_REGION": "", "S3_BUCKET_NAME": "", "AWS_CA_BUNDLE": ""})
+    assert (empty.endpoint_url, empty.region, empty.bucket_name, empty.ca_bundle) == (
+        None,
+        "us-east-1",
+        None,
+        None,
+    )
+    assert S3Settings.from_env({"AWS_DEFAULT_REGION": "eu-west-3"}).region == "eu-west-3"
+    assert (
+        S3Settings.from_env({"AWS_REGION": "ap-southeast-1", "AWS_DEFAULT_REGION": "x"}).region
+        == "ap-southeast-1"
+    )
+
+
+def test_a_missing_ca_bundle_file_is_a_config_error(s3_bucket, tmp_path):
+    missing = tmp_path / "nope.pem"
+    with pytest.raises(ConfigError, match=f"AWS_CA_BUNDLE={missing}: no such file"):
+        make_s3_client(S3Settings.from_env({**s3_bucket.env, "AWS_CA_BUNDLE": str(missing)}))
+
+
+def test_missing_credentials_name_the_variables(monkeypatch, tmp_path):
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    with pytest.raises(S3Error, match="AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"):
+        make_s3_client(S3Settings(endpoint_url="https://127.0.0.1:1"))
+    with pytest.raises(S3Error, match="AWS_SECRET_ACCESS_KEY is not set"):
+        make_s3_client(S3Settings(endpoint_url="https://127.0.0.1:1", access_key_id="AKIDEXAMPLE"))
+
+
+# --- preflight: one line naming the setting to fix, in seconds -----------------------------------------
+
+
+def _one_line_s3_error(env: dict[str, str], buckets: list[str]) -> tuple[str, float]:
+    started = time.monotonic()
+    with pytest.raises(S3Error) as caught:
+        preflight(make_s3_client(S3Settings.from_env(env)), buckets)
+    message = str(caught.value)
+    assert "\n" not in message and "Traceback" not in message, message
+    return message, time.monotonic() - started
+
+
+def test_preflight_passes_for_a_reachable_bucket(s3_bucket):
+    client = s3_bucket.client
+    preflight(client, [s3_bucket.name])
+    preflight(client, [s3_bucket.name])  # the fail-fast hook is gone after each call
+
+
+def test_an_untrusted_certificate_fails_fast_naming_aws_ca_bundle(s3_bucket):
+    message, seconds = _one_line_s3_error({**s3_bucket.env, "AWS_CA_BUNDLE": ""}, [s3_bucket.name])
+    assert "certificate" in message and "AWS_CA_BUNDLE" in message, message
+    assert seconds < 5, seconds
+
+
+def test_an_unknown_bucket_is_named(s3_bucket):
+    missing = f"{s3_bucket.name}-absent"
+    message, _ = _one_line_s3_error(s3_bucket.env, [s3_bucket.name, missing])
+    assert repr(missing) in message and "S3_BUCKET_NAME" in message, message
+
+
+def test_an_unreachable_endpoint_fails_fast_naming_it(s3_bucket):
+    endpoint = f"https://127.0.0.1:{free_port()}"
+    message, seconds = _one_line_s3_error({**s3_bucket.env, "S3_ENDPOINT_URL": endpoint}, [s3_bucket.name])
+    assert f"S3_ENDPOINT_URL={endpoint}" in message, message
+    assert seconds < 5, seconds
+
+
+def test_a_failing_cli_prints_one_line_and_never_the_secret(s3_bucket):
+    code = (
+        "import os, sys\n"
+        "from whisper_pipeline.audio_sources import S3Settings, make_s3_client, preflight\n"
+        "from whisper_pipeline.errors import exit_on_user_error\n"
+        "@exit_on_user_error\n"
+        "def main():\n"
+        "    preflight(make_s3_client(S3Settings.from_env(os.environ)), [os.environ['S3_BUCKET_NAME']])\n"
+        "sys.exit(main())\n"
+    )
+    env = {**os.environ, **s3_bucket.env, "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_SESSION_TOKEN": SECRET}
+    env.pop("AWS_CA_BUNDLE")
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output
+    assert SECRET not in output and "Traceback" not in output, output
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, output
+    assert "AWS_CA_BUNDLE" in result.stderr, output
+
+
+# --- stat and read_bytes ------------------------------------------------------------------------------
+
+
+def test_stat_and_read_over_tls_with_the_ca_bundle(s3_bucket):
+    data = os.urandom(300_000)
+    ref = resolve_audio_uri(s3_bucket.put("clips/a.flac", data), default_bucket=None, local_files_root=None)
+    info = stat(ref, s3_bucket.client)
+    assert info == ObjectInfo(size=len(data), etag=hashlib.md5(data).hexdigest(), version=None)
+    stats = TransferStats()
+    assert read_bytes(ref, s3_bucket.client, stats) == data
+    assert (stats.objects, stats.bytes, stats.retries) == (1, len(data), 0)
+
+
+def test_missing_and_empty_objects_are_permanent_skips(s3_bucket):
+    missing = AudioRef(s3_bucket.uri("absent.wav"), "s3", bucket=s3_bucket.name, key="absent.wav")
+    for operation in (stat, read_bytes):
+        with pytest.raises(AudioSourceError) as caught:
+            operation(missing, s3_bucket.client)
+        assert (caught.value.reason, caught.value.transient) == ("missing_object", False)
+        assert str(caught.value) == f"{missing.uri}: no such object"
+    s3_bucket.put("empty.wav", b"")
+    empty = AudioRef(s3_bucket.uri("empty.wav"), "s3", bucket=s3_bucket.name, key="empty.wav")
+    with pytest.raises(AudioSourceError) as caught:
+        read_bytes(empty, s3_bucket.client)
+    assert (caught.value.reason, caught.value.transient) == ("empty_object", False)
+
+
+def test_local_files_stat_and_read(tmp_path):
+    path = tmp_path / "a.wav"
+    path.write_bytes(b"RIFF....")
+    ref = AudioRef(str(path), "local", path=path)
+    info = path.stat()
+    assert stat(ref, None) == ObjectInfo(size=8, etag=f"8-{info.st_mtime_ns}", version=None)
+    assert read_bytes(ref, None) == b"RIFF...."
+    gone = AudioRef(str(tmp_path / "gone.wav"), "local", path=tmp_path / "gone.wav")
+    for operation in (stat, read_bytes):
+        with pytest.raises(AudioSourceError) as caught:
+            operation(gone, None)
+        assert caught.value.reason == "missing_file"
+
+
+@pytest.fixture
+def http_bucket(s3_server):
+    """A bucket on the plain HTTP server, which the fault proxy can sit in front of."""
+    name = f"faults-{os.urandom(8).hex()}"
+    s3_server.create_bucket(name)
+    return name
+
+
+def _through(proxy: S3Proxy, server, **overrides: str):
+    return make_s3_client(
+        S3Settings.from_env({**server.env(), "S3_ENDPOINT_URL": proxy.endpoint_url, **overrides})
+    )
+
+
+def test_bodies_cut_short_or_reset_are_read_again(s3_server, http_bucket):
+    data = os.urandom(200_000)
+    s3_server.put_bytes(http_bucket, "clip.wav", data)
+    ref = AudioRef(f"s3://{http_bucket}/clip.wav", "s3", bucket=http_bucket, key="clip.wav")
+    faults = [FaultRule("truncate", "/clip.wav", times=2), FaultRule("reset", "/clip.wav", times=1)]
+    with S3Proxy(s3_server.port, faults=faults) as proxy:
+        stats = TransferStats()
+        assert read_bytes(ref, _through(proxy, s3_server), stats) == data
+    assert proxy.injected["truncate"] == 2 and proxy.injected["reset"] == 1
+    assert stats.retries >= 3 and (stats.objects, stats.bytes) == (1, len(data))
+
+
+def test_failures_that_outlive_the_retries_are_transient(s3_server, http_bucket):
+    s3_server.put_bytes(http_bucket, "cut.wav", b"x" * 10_000)
+    s3_server.put_bytes(http_bucket, "busy.wav", b"x" * 10_000)
+    faults = [
+        FaultRule("truncate", "/cut.wav", times=float("inf")),
+        FaultRule("503", "/busy.wav", times=float("inf")),
+        FaultRule("503", "/busy.wav", method="HEAD", times=float("inf")),
+    ]
+    with S3Proxy(s3_server.port, faults=faults) as proxy:
+        client = _through(proxy, s3_server, S3_MAX_ATTEMPTS="2")
+        for key in ("cut.wav", "busy.wav"):
+            ref = AudioRef(f"s3://{http_bucket}/{key}", "s3", bucket=http_bucket, key=key)
+            with pytest.raises(AudioSourceError) as caught:
+                read_bytes(ref, client)
+            assert (caught.value.reason, caught.value.transient) == ("download_failed", True), key
+        with pytest.raises(AudioSourceError) as caught:
+            stat(ref, client)
+        assert (caught.value.reason, caught.value.transient) == ("download_failed", True)
+
+
+def test_transfer_stats_count_across_threads():
+    stats = TransferStats()
+
+    def work() -> None:
+        for _ in range(1000):
+            stats.add(objects=1, size=3, retries=2)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert (stats.objects, stats.bytes, stats.retries) == (8000, 24000, 16000)
