@@ -2,10 +2,14 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup test test-slow lint format model
+.PHONY: setup demo test test-slow lint format model
 
 setup:
 	scripts/setup_env.sh requirements-dev.txt
+
+## The embedded demo: whisper-base + espeak Vietnamese on a local TLS S3 server, prepare + LoRA on CPU.
+demo: setup
+	$(PY) -m whisper_pipeline.demo
 
 ## Lint, format check and the test suite (what CI runs).
 test: setup
