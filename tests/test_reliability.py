@@ -15,6 +15,7 @@ import stat
 import subprocess
 import sys
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -208,36 +209,26 @@ def read_only(folder: Path):
             folder.chmod(stat.S_IRWXU)
 
 
-def test_read_only_output_folder_is_a_clear_error_and_the_previous_cache_is_untouched(
-    prepared_cache, staged_corpus, tiny_model_dir, tmp_path
+def _limit_file_size() -> None:
+    """In the child: writes past 64 KiB fail with EFBIG, as they would on a full disk."""
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+
+
+@pytest.mark.parametrize("fault", ["read_only", "disk_full"])
+def test_unwritable_output_is_a_clear_error_and_the_previous_cache_is_untouched(
+    fault, prepared_cache, staged_corpus, tiny_model_dir, tmp_path
 ):
     root = tmp_path / "processed_data"
     shutil.copytree(prepared_cache, root)
     before = cache_digest(root)
     command = [*_cli_args(staged_corpus, tiny_model_dir, root), "--force"]
     env = {**os.environ, **staged_corpus.env}
-    with read_only(root):
-        result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 2, result.stderr[-2000:]
-    assert "Traceback" not in result.stderr and "cannot write" in result.stderr, result.stderr[-2000:]
-    assert cache_digest(root) == before
-
-
-def test_full_disk_is_a_clear_error_and_the_previous_cache_is_untouched(
-    prepared_cache, staged_corpus, tiny_model_dir, tmp_path
-):
-    root = tmp_path / "processed_data"
-    shutil.copytree(prepared_cache, root)
-    before = cache_digest(root)
-    command = [*_cli_args(staged_corpus, tiny_model_dir, root), "--force"]
-    env = {**os.environ, **staged_corpus.env}
-
-    def limit_file_size() -> None:  # writes past 64 KiB fail with EFBIG, as on a full disk
-        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
-
-    result = subprocess.run(
-        command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300, preexec_fn=limit_file_size
-    )
+    run = partial(subprocess.run, command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    if fault == "read_only":
+        with read_only(root):
+            result = run()
+    else:
+        result = run(preexec_fn=_limit_file_size)
     assert result.returncode == 2, result.stderr[-2000:]
     assert "Traceback" not in result.stderr and "cannot write" in result.stderr, result.stderr[-2000:]
     assert cache_digest(root) == before

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlparse
@@ -291,15 +292,22 @@ def preflight(client, buckets: Sequence[str]) -> None:
         client.meta.events.unregister(event, unique_id=hook_id)
 
 
+@contextmanager
+def _local_file_errors(ref: AudioRef) -> Iterator[None]:
+    """A local file's OSError as the skip it is."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise AudioSourceError("missing_file", f"{ref.uri}: no such file") from None
+    except OSError as error:
+        raise AudioSourceError("unreadable_file", f"{ref.uri}: {error.strerror}") from None
+
+
 def stat(ref: AudioRef, client) -> ObjectInfo:
     """Size and ETag (S3) or size and mtime (local) without reading the content."""
     if ref.kind == "local":
-        try:
+        with _local_file_errors(ref):
             info = ref.path.stat()
-        except FileNotFoundError:
-            raise AudioSourceError("missing_file", f"{ref.uri}: no such file") from None
-        except OSError as error:
-            raise AudioSourceError("unreadable_file", f"{ref.uri}: {error.strerror}") from None
         return ObjectInfo(size=info.st_size, etag=f"{info.st_size}-{info.st_mtime_ns}")
     from botocore.exceptions import BotoCoreError, ClientError
 
@@ -330,12 +338,8 @@ def read_bytes(ref: AudioRef, client, stats: TransferStats | None = None) -> byt
     streaming is read again here (with backoff), since botocore does not retry the stream."""
     stats = stats or TransferStats()
     if ref.kind == "local":
-        try:
+        with _local_file_errors(ref):
             data = ref.path.read_bytes()
-        except FileNotFoundError:
-            raise AudioSourceError("missing_file", f"{ref.uri}: no such file") from None
-        except OSError as error:
-            raise AudioSourceError("unreadable_file", f"{ref.uri}: {error.strerror}") from None
         stats.add(objects=1, size=len(data))
         return data
     from botocore.exceptions import BotoCoreError, ClientError
