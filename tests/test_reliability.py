@@ -6,21 +6,28 @@ still processed. The long cases (many kill points, a two-hour recording) are mar
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import io
+import json
 import os
 import resource
 import shutil
+import signal
 import stat
 import subprocess
 import sys
+import time
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import soundfile as sf
+import torch
+from safetensors.torch import load_file
 
 from tests.fixtures.cache import prepare_arguments
 from tests.test_prepare import _cli_args, cache_digest, run_with_kills
@@ -34,6 +41,7 @@ from whisper_pipeline.synthetic import LabelStudioExport, Utterance, encode_audi
 
 REPO = Path(__file__).resolve().parents[1]
 TEXT = "Một hai ba bốn năm."
+ADAPTER_FILE = "adapter_model.safetensors"
 
 
 @pytest.fixture(scope="module")
@@ -334,3 +342,82 @@ def test_invalid_settings_are_one_line_errors(tiny_model_dir, tmp_path):
         text=True,
     )
     assert result.returncode == 2 and result.stderr.strip().count("\n") == 0, result.stderr
+
+
+def _train_command(model_dir: Path, cache: Path, output_dir: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable, "train_model.py", "--model", str(model_dir), "--data-dir", str(cache),
+        "--output-dir", str(output_dir), "--max-steps", "8", "--per-device-train-batch-size", "4",
+        "--eval-strategy", "steps", "--eval-steps", "2", "--save-strategy", "steps", "--save-steps", "2",
+        "--save-total-limit", "10", "--generation-max-length", "8", "--lora-r", "4", "--lora-alpha", "8",
+        "--disable-tqdm", "true", *extra,
+    ]  # fmt: skip
+
+
+def test_training_killed_with_9_resumes_from_its_last_checkpoint_and_ends_as_an_uninterrupted_run(
+    prepared_cache, tiny_model_dir, tmp_path
+):
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    run = partial(subprocess.run, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert run(_train_command(tiny_model_dir, prepared_cache, reference)).returncode == 0
+    process = subprocess.Popen(
+        _train_command(tiny_model_dir, prepared_cache, killed),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 300
+    while not (killed / "checkpoint-4" / "trainer_state.json").is_file() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (killed / "adapter").exists()
+    resumed = run(_train_command(tiny_model_dir, prepared_cache, killed, "--resume-from-checkpoint", "auto"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    metrics = {
+        name: json.loads((folder / "metrics.json").read_text())
+        for name, folder in [("ref", reference), ("k", killed)]
+    }
+    assert metrics["k"]["train"]["global_step"] == metrics["ref"]["train"]["global_step"] == 8
+    steps = [entry["step"] for entry in metrics["k"]["train"]["loss_history"]]
+    assert steps == sorted(set(steps)) and steps[-1] == 8
+    expected, actual = (
+        load_file(folder / "adapter" / "adapter_model.safetensors") for folder in (reference, killed)
+    )
+    assert expected.keys() == actual.keys()
+    for name in expected:
+        assert torch.allclose(expected[name], actual[name], atol=1e-5), name
+
+
+@pytest.mark.slow
+def test_a_two_hour_recording_keeps_memory_bounded(voice, tiny_model_dir, tmp_path):
+    """Two hours of 48 kHz stereo (2.7 GB as float samples) with one transcribed region near its start."""
+    path = tmp_path / "files" / "two_hours.flac"
+    path.parent.mkdir()
+    block = np.zeros((48_000 * 60, 2), dtype=np.float32)
+    speech = _resampled(voice, 48_000)
+    with sf.SoundFile(path, "w", samplerate=48_000, channels=2, format="FLAC", subtype="PCM_16") as audio:
+        first = block.copy()
+        first[48_000 : 48_000 + len(speech)] = speech[:, None]
+        audio.write(first)
+        for _ in range(119):
+            audio.write(block)
+    export = LabelStudioExport()
+    export.add_task(f"/data/local-files/?d={path.name}", [Utterance(TEXT, 1.0, 1.0 + len(voice) / 16_000)])
+    export_path = export.write(tmp_path / "export.json")
+    command = [
+        sys.executable, "prepare_data.py", "--annotations", str(export_path), "--model", str(tiny_model_dir),
+        "--output-dir", str(tmp_path / "cache"), "--local-files-root", str(path.parent),
+        "--val-fraction", "0", "--num-workers", "1",
+    ]  # fmt: skip
+    process = psutil.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    peak = 0
+    while process.poll() is None:
+        tree = [process, *process.children(recursive=True)]
+        with contextlib.suppress(psutil.Error):
+            peak = max(peak, sum(member.memory_info().rss for member in tree))
+        time.sleep(0.05)
+    assert process.returncode == 0, process.stderr.read().decode()[-2000:]
+    assert peak < 1.5 * 2**30, f"peak memory {peak / 2**30:.2f} GiB"
+    assert len(open_cache(tmp_path / "cache").train) == 1

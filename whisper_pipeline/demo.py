@@ -71,7 +71,7 @@ class DemoArguments:
     recordings: int = field(default=72, metadata={"help": "Recordings in the training export."})
     utterances_per_recording: int = field(default=3, metadata={"help": "Most utterances in one recording."})
     heldout_sentences: int = field(
-        default=40, metadata={"help": "Sentences kept out of training, evaluated at the end."}
+        default=32, metadata={"help": "Sentences kept out of training, evaluated at the end."}
     )
     seed: int = field(default=42, metadata={"help": "Seeds the corpus (and the pipeline's own settings)."})
     prepare_config: str = field(
@@ -83,7 +83,9 @@ class DemoArguments:
     train_flags: str = field(
         default="", metadata={"help": 'Extra train_model.py flags, e.g. --train-flags="--max-steps 2".'}
     )
-    eval_max_new_tokens: int = field(default=128, metadata={"help": "Longest held-out transcript."})
+    eval_max_new_tokens: int = field(
+        default=64, metadata={"help": "Longest held-out transcript in tokens (one sentence each)."}
+    )
 
 
 @dataclass(frozen=True)
