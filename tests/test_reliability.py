@@ -350,7 +350,7 @@ def _train_command(model_dir: Path, cache: Path, output_dir: Path, *extra: str) 
         "--output-dir", str(output_dir), "--max-steps", "8", "--per-device-train-batch-size", "4",
         "--eval-strategy", "steps", "--eval-steps", "2", "--save-strategy", "steps", "--save-steps", "2",
         "--save-total-limit", "10", "--generation-max-length", "8", "--lora-r", "4", "--lora-alpha", "8",
-        "--disable-tqdm", "true", *extra,
+        "--logging-steps", "1", "--disable-tqdm", "true", *extra,
     ]  # fmt: skip
 
 

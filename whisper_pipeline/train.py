@@ -30,7 +30,7 @@ import datasets
 import numpy as np
 import torch
 import yaml
-from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, WhisperProcessor
+from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, WhisperProcessor, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 from transformers.training_args import IntervalStrategy, SaveStrategy
 
@@ -319,6 +319,7 @@ def run_training(
     splits = _splits(cache)
 
     processor = WhisperProcessor.from_pretrained(str(model_dir))
+    set_seed(training_args.seed)  # before the adapter exists: its random LoRA A matrices depend on it
     model = load_base_model(
         model_dir, precision=precision, allow_pickle=model_args.allow_pickle, quantization=quantization
     )
