@@ -266,8 +266,9 @@ def format_markdown(results: dict[str, Any]) -> str:
     parts = [
         f"# Evaluation: {results['data']}",
         "",
-        f"Model `{results['model']}`" + (f", adapter `{results['adapter']}`" if results["adapter"] else ""),
-        f"; language {results['language']}, {results['task']}, {results['precision']}, greedy decoding.",
+        f"Model `{results['model']}`"
+        + (f", adapter `{results['adapter']}`" if results["adapter"] else "")
+        + f"; language {results['language']}, {results['task']}, {results['precision']}, greedy decoding.",
         "",
         format_table(results),
         "",
