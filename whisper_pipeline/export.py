@@ -1,11 +1,20 @@
 """From adapter to the models people deploy: a merged Hugging Face Whisper, and CTranslate2 (faster-whisper).
 
-    python -m whisper_pipeline.export merge --model ./model --adapter outputs/adapter --output outputs/merged
+    python -m whisper_pipeline.export merge --model ./model --adapter outputs/adapter \\
+        --output outputs/merged [--language vi] [--task transcribe]
     python -m whisper_pipeline.export ctranslate2 --model outputs/merged --output outputs/ct2 \\
-        [--quantization int8_float16|int8|float16|float32]
+        [--quantization int8_float16|int8|float16|int8_float32|float32]
 
-Both write into a temporary sibling folder and rename it into place: an interrupted export never leaves a
-half-written model where a runtime would load it.
+`merge` folds LoRA (and the trained convolutions of `modules_to_save`) into plain weights: a safetensors model
+any Whisper runtime loads without peft, with the tokenizer, feature extractor and a generation config that
+forces the language and task the adapter was trained for (read from train_config.yaml beside the adapter).
+
+`ctranslate2` runs CTranslate2's own converter. The default int8_float16 suits GPUs and still loads on a CPU:
+CTranslate2 converts weights at load time to what the device supports (int8_float16 runs as int8_float32 on
+CPU), so one export serves both; float32 reproduces the merged model's transcripts exactly.
+
+Both build the model in a temporary sibling folder and rename it into place: an interrupted export never
+leaves a half-written model where a runtime would load it.
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,10 +32,14 @@ import yaml
 from whisper_pipeline.config import parse_config
 from whisper_pipeline.errors import ConfigError, ModelError, exit_on_user_error
 from whisper_pipeline.modeling import configure_generation, load_trained
+from whisper_pipeline.pretrained import _apply_umask as apply_umask
 
 QUANTIZATIONS = ("int8_float16", "int8", "float16", "int8_float32", "float32")
-# What faster-whisper reads beside model.bin: the tokenizer and the mel-bin count of the feature extractor.
-CT2_COPIED_FILES = ("tokenizer.json", "preprocessor_config.json")
+# What faster-whisper reads beside model.bin: the tokenizer and the feature extractor's mel-bin count.
+CT2_REQUIRED_FILES = ("tokenizer.json", "preprocessor_config.json")
+# Not read by faster-whisper: kept so `transcribe` knows the language the model was exported for.
+CT2_OPTIONAL_FILES = ("generation_config.json",)
+TRAIN_CONFIG = "train_config.yaml"  # written by train.py beside the adapter folder
 
 
 @dataclass
@@ -36,10 +50,11 @@ class MergeArguments:
     adapter: str = field(default="outputs/adapter", metadata={"help": "Trained LoRA adapter."})
     output: str = field(default="outputs/merged", metadata={"help": "Where the merged model goes."})
     language: str | None = field(
-        default=None, metadata={"help": "Language forced by generation_config (default: the training's)."}
+        default=None,
+        metadata={"help": "Language the generation config forces (default: the adapter's training's)."},
     )
     task: str | None = field(
-        default=None, metadata={"help": "transcribe or translate (default: the training's)."}
+        default=None, metadata={"help": "transcribe or translate (default: the training's, else transcribe)."}
     )
     allow_pickle: bool = field(default=False, metadata={"help": "Accept pickle checkpoints (trusted only)."})
 
@@ -53,88 +68,106 @@ class CTranslate2Arguments:
     quantization: str = field(
         default="int8_float16",
         metadata={
-            "help": "Weight type: int8_float16 (GPU default; CTranslate2 runs it as int8 on CPU), int8, "
-            "float16, int8_float32 or float32 (exact).",
+            "help": "Weight type: int8_float16 (GPU; loads as int8_float32 on CPU), int8, float16, "
+            "int8_float32 or float32 (exact).",
             "choices": list(QUANTIZATIONS),
         },
     )
 
 
+def _check_output(output: Path, inputs: Sequence[Path]) -> None:
+    """Replacing `output` must not destroy an input, or a folder that is not a model export."""
+    resolved = output.resolve()
+    for source in inputs:
+        if resolved == source.resolve() or resolved in source.resolve().parents:
+            raise ConfigError(f"--output {output} would replace its own input {source}")
+    is_export = (output / "config.json").is_file()
+    if output.exists() and not is_export and (not output.is_dir() or any(output.iterdir())):
+        raise ConfigError(f"--output {output} exists and is not a model folder: remove it or choose another")
+
+
 def write_atomically(output: Path, write: Callable[[Path], None]) -> None:
-    """`write(folder)` into a temporary sibling, then swap it in for `output` (any old one is replaced)."""
-    output = Path(output)
+    """`write(folder)` into a temporary sibling, then swapped in for `output` (replacing an older export)."""
     output.parent.mkdir(parents=True, exist_ok=True)
-    temporary = output.with_name(f".{output.name}.tmp-{os.getpid()}")
-    shutil.rmtree(temporary, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".partial", dir=output.parent))
     try:
-        write(temporary)
-        retired = output.with_name(f".{output.name}.old-{os.getpid()}")
+        write(staging)
+        apply_umask(staging)
         if output.exists():
-            os.replace(output, retired)
-        os.replace(temporary, output)
-        shutil.rmtree(retired, ignore_errors=True)
+            retired = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".old", dir=output.parent))
+            os.rename(output, retired / output.name)
+            os.rename(staging, output)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.rename(staging, output)
     finally:
-        shutil.rmtree(temporary, ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)  # only left after a failure: the rename consumed it
 
 
 def training_language_and_task(adapter_dir: Path) -> tuple[str | None, str | None]:
     """The language and task the adapter was trained for, from train_config.yaml beside it (if any)."""
-    config_path = adapter_dir.parent / "train_config.yaml"
     try:
-        resolved = yaml.safe_load(config_path.read_text(encoding="utf-8"))["resolved"]
+        text = (Path(adapter_dir).parent / TRAIN_CONFIG).read_text(encoding="utf-8")
+        resolved = yaml.safe_load(text)["resolved"]
         return resolved.get("language"), resolved.get("task")
-    except (OSError, yaml.YAMLError, KeyError, TypeError):
+    except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError):
         return None, None
 
 
 def merge(args: MergeArguments) -> Path:
-    """Base + adapter folded into plain weights (convolutions included), with processor and generation
-    config: a directory any Whisper runtime loads without peft."""
+    """Base + adapter folded into plain fp32 weights (convolutions included), with processor files in the
+    base model's layout and a generation config forcing the training's language and task."""
     from transformers import WhisperFeatureExtractor, WhisperTokenizerFast
 
-    adapter_dir = Path(args.adapter)
-    model = load_trained(
-        Path(args.model), adapter_dir, precision="fp32", merge=True, allow_pickle=args.allow_pickle
-    )
+    model_dir, adapter_dir, output = Path(args.model), Path(args.adapter), Path(args.output)
     trained_language, trained_task = training_language_and_task(adapter_dir)
     language = args.language or trained_language
     task = args.task or trained_task or "transcribe"
+    if args.task and not language:
+        raise ConfigError("--task needs a language: pass --language (the adapter's training is unknown)")
+    _check_output(output, [model_dir, adapter_dir])
+    model = load_trained(model_dir, adapter_dir, precision="fp32", merge=True, allow_pickle=args.allow_pickle)
     if language:
         configure_generation(model, language=language, task=task)
-    processor_dir = adapter_dir if (adapter_dir / "tokenizer.json").is_file() else Path(args.model)
+    # The adapter's own copy of the processor is the one it was trained with (save_adapter writes it).
+    processor_dir = adapter_dir if (adapter_dir / "tokenizer.json").is_file() else model_dir
 
     def write(folder: Path) -> None:
         model.save_pretrained(str(folder), safe_serialization=True)
         WhisperTokenizerFast.from_pretrained(str(processor_dir)).save_pretrained(str(folder))
         WhisperFeatureExtractor.from_pretrained(str(processor_dir)).save_pretrained(str(folder))
 
-    write_atomically(Path(args.output), write)
-    return Path(args.output)
+    write_atomically(output, write)
+    return output
 
 
 def to_ctranslate2(args: CTranslate2Arguments) -> Path:
-    """CTranslate2's own Transformers converter: the format faster-whisper loads."""
+    """CTranslate2's Transformers converter, plus the files faster-whisper reads beside model.bin."""
     import ctranslate2
 
-    model_dir = Path(args.model)
+    model_dir, output = Path(args.model), Path(args.output)
+    if args.quantization not in QUANTIZATIONS:
+        raise ConfigError(f"--quantization must be one of {', '.join(QUANTIZATIONS)}")
     if (model_dir / "adapter_config.json").is_file():
         raise ModelError(f"--model {model_dir} is an adapter: merge it first (`export merge`)")
     if not (model_dir / "config.json").is_file():
         raise ModelError(f"--model {model_dir} is not a Whisper model directory (no config.json)")
-    missing = [name for name in CT2_COPIED_FILES if not (model_dir / name).is_file()]
+    if not any(model_dir.glob("model*.safetensors")):
+        raise ModelError(
+            f"--model {model_dir} has no safetensors weights (a merged model has model.safetensors)"
+        )
+    missing = [name for name in CT2_REQUIRED_FILES if not (model_dir / name).is_file()]
     if missing:
         raise ModelError(f"--model {model_dir} lacks {', '.join(missing)} (faster-whisper needs them)")
-    if args.quantization not in QUANTIZATIONS:
-        raise ConfigError(f"--quantization must be one of {', '.join(QUANTIZATIONS)}")
+    _check_output(output, [model_dir])
+    copied = [*CT2_REQUIRED_FILES, *(name for name in CT2_OPTIONAL_FILES if (model_dir / name).is_file())]
 
     def write(folder: Path) -> None:
-        converter = ctranslate2.converters.TransformersConverter(
-            str(model_dir), copy_files=list(CT2_COPIED_FILES)
-        )
+        converter = ctranslate2.converters.TransformersConverter(str(model_dir), copy_files=copied)
         converter.convert(str(folder), quantization=args.quantization, force=True)
 
-    write_atomically(Path(args.output), write)
-    return Path(args.output)
+    write_atomically(output, write)
+    return output
 
 
 COMMANDS = {"merge": (MergeArguments, merge), "ctranslate2": (CTranslate2Arguments, to_ctranslate2)}

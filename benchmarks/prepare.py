@@ -1,0 +1,732 @@
+"""Stage 1 benchmark: prepare_data.py against the seed's approach, on the same S3 data in the same run.
+
+    python -m benchmarks.prepare [--recordings 150] [--latency-ms 50] [--skip-baseline] [--baseline-4n]
+
+1. synthesises 4N recordings of espeak-ng speech (3 to 5 regions of 1 to 3 sentences each, FLAC and MP3
+   at 44.1 kHz as archives hold them) and Label Studio exports of the first N and of all 4N (the corpus is
+   kept in --workdir and extended while its recipe is unchanged);
+2. measures each stage's single-core CPU cost per audio-second on a sample: the compute limit;
+3. serves the audio from a local S3 server (moto, plain HTTP on 127.0.0.1), directly and through a proxy
+   that adds a network round trip (--latency-ms), like a remote bucket;
+4. runs as subprocesses, measured the same way (wall time, process-tree RSS sampled every 50 ms, CPU time
+   of the whole tree): the seed's approach (benchmarks/seed_baseline.py) and prepare_data.py at N on both
+   endpoints, prepare_data.py at 4N, then a no-op rerun of that cache;
+5. prints the figures, each goal with PASS/FAIL and a Markdown table, and writes them as JSON (--output).
+
+An audio-second is a second of transcribed speech in the export: the same count for both implementations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import random
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager, suppress
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+import soundfile as sf
+import soxr
+from tqdm.auto import tqdm
+
+from whisper_pipeline.annotations import load_export, parse_export
+from whisper_pipeline.audio import (
+    RESAMPLE_QUALITY,
+    AugmentationSettings,
+    augment,
+    augmentation_seed,
+    cut,
+    limit_threads,
+)
+from whisper_pipeline.cache import CacheLayout, RowSource, ShardStore, cache_features, finalize
+from whisper_pipeline.constants import SAMPLE_RATE
+from whisper_pipeline.demo import PITCHES, SPEEDS, VOICES, demo_sentences
+from whisper_pipeline.features import LabelEncoder, LogMelFeaturizer
+from whisper_pipeline.local_s3 import LocalS3Server
+from whisper_pipeline.prepare import (
+    PrepareArguments,
+    RecordingWork,
+    _init_worker,  # the worker's own setup, so that process_recording runs exactly as in a worker
+    process_recording,
+    run_prepare,
+)
+from whisper_pipeline.pretrained import ensure_pretrained
+from whisper_pipeline.s3_proxy import S3Proxy
+from whisper_pipeline.segments import TRAIN, assign_splits, pack_windows
+from whisper_pipeline.synthetic import LabelStudioExport, Part, Utterance, compose, encode_audio, synthesize
+
+REPO = Path(__file__).resolve().parents[1]
+BUCKET = "bench-speech"
+LANGUAGE = "vi"
+SEED = 42
+SOURCE_RATE = 44_100  # what archives hold; prepare resamples it to 16 kHz, as real data needs
+FORMATS = ("flac", "mp3")
+REGIONS_PER_RECORDING = (3, 5)
+SENTENCES_PER_REGION = (1, 3)  # regions of about 2 to 8 s, like sentence-level annotation
+CORPUS_REVISION = 2  # bump when the recipe changes: the kept corpus is then synthesised again
+SCALE = 4  # the scaling run has SCALE times the recordings
+SAMPLE_INTERVAL_S = 0.05
+CORES = os.cpu_count() or 1
+# The environment the measured commands get: taken before stage_costs() limits this process's threads
+# through environment variables, which the seed's processes must not inherit.
+ENVIRONMENT = dict(os.environ)
+
+# Goals of the GitHub issue.
+GOAL_SPEEDUP_LOOPBACK = 3.0
+GOAL_SPEEDUP_LATENCY = 4.0
+GOAL_EFFICIENCY = 0.75
+GOAL_CACHE_RATIO = 7.0
+GOAL_PEAK_BYTES = 1.5e9
+GOAL_FLAT_MEMORY = 1.25  # peak at 4N at most this times the peak at N
+GOAL_FLAT_THROUGHPUT = 0.8  # throughput at 4N at least this times the throughput at N
+GOAL_NOOP_FRACTION = 0.01
+
+
+# --- the corpus -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Recording:
+    """One synthesised recording: its file (also its S3 key) and the regions its export task holds."""
+
+    name: str
+    duration: float
+    utterances: tuple[Utterance, ...]
+
+    @property
+    def speech_seconds(self) -> float:
+        return sum(utterance.end - utterance.start for utterance in self.utterances)
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{BUCKET}/{self.name}"
+
+
+def _synthesise(directory: Path, index: int, sentences: Sequence[str]) -> Recording:
+    """Recording `index` depends on nothing else: the corpus grows without changing its first recordings."""
+    rng = random.Random(f"{SEED}/{index}")
+    voice, speed, pitch = rng.choice(VOICES), rng.choice(SPEEDS), rng.choice(PITCHES)
+    texts = [
+        " ".join(rng.sample(list(sentences), rng.randint(*SENTENCES_PER_REGION)))
+        for _ in range(rng.randint(*REGIONS_PER_RECORDING))
+    ]
+    samples, utterances = compose(
+        [Part(synthesize(text, voice, speed=speed, pitch=pitch), text) for text in texts]
+    )
+    source = soxr.resample(samples, SAMPLE_RATE, SOURCE_RATE, RESAMPLE_QUALITY)
+    name = f"audio/{index:05d}.{FORMATS[index % len(FORMATS)]}"
+    (directory / name).write_bytes(encode_audio(source, SOURCE_RATE, name.rsplit(".", 1)[1]))
+    return Recording(name, len(source) / SOURCE_RATE, tuple(utterances))
+
+
+def build_corpus(directory: Path, count: int) -> list[Recording]:
+    """The first `count` recordings, synthesising only those not already in `directory`."""
+    manifest_path = directory / "manifest.json"
+    known: list[Recording] = []
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path.is_file() else {}
+    if manifest.get("revision") == CORPUS_REVISION:
+        for entry in manifest["recordings"]:
+            if not (directory / entry["name"]).is_file():
+                break
+            known.append(
+                Recording(
+                    entry["name"], entry["duration"], tuple(Utterance(**u) for u in entry["utterances"])
+                )
+            )
+    if len(known) >= count:
+        return known[:count]
+    (directory / "audio").mkdir(parents=True, exist_ok=True)
+    sentences = demo_sentences()
+    missing = range(len(known), count)
+    with ThreadPoolExecutor(CORES) as pool:  # espeak-ng and the encoders run outside the GIL
+        made = list(
+            tqdm(
+                pool.map(lambda index: _synthesise(directory, index, sentences), missing),
+                total=len(missing),
+                desc="synthesising recordings",
+                unit="recording",
+            )
+        )
+    recordings = known + made
+    manifest = {"revision": CORPUS_REVISION, "recordings": [asdict(recording) for recording in recordings]}
+    manifest_path.write_text(json.dumps(manifest), encoding="utf-8")
+    return recordings
+
+
+def write_export(recordings: Sequence[Recording], path: Path) -> Path:
+    """The Label Studio full JSON export of `recordings`, audio on s3://BUCKET."""
+    export = LabelStudioExport(seed=SEED)
+    for recording in recordings:
+        export.add_task(recording.uri, recording.utterances, duration=recording.duration)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return export.write(path)
+
+
+def speech_seconds(recordings: Sequence[Recording]) -> float:
+    return sum(recording.speech_seconds for recording in recordings)
+
+
+@contextmanager
+def serve_corpus(
+    directory: Path, recordings: Sequence[Recording], workdir: Path, latency_s: float = 0.0
+) -> Iterator[dict[str, dict[str, str]]]:
+    """The S3 settings of each endpoint serving `recordings`: "loopback", and "latency" when latency_s."""
+    with ExitStack() as stack:
+        server = stack.enter_context(LocalS3Server(tls=False, workdir=workdir))
+        server.create_bucket(BUCKET)
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda r: server.upload_file(BUCKET, r.name, directory / r.name), recordings))
+        endpoints = {"loopback": server.env(BUCKET)}
+        if latency_s:
+            proxy = stack.enter_context(S3Proxy(server.port, latency_s=latency_s))
+            endpoints["latency"] = {**server.env(BUCKET), "S3_ENDPOINT_URL": proxy.endpoint_url}
+        yield endpoints
+
+
+# --- measuring a run --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Measured:
+    """A subprocess's wall time, the peaks of its process tree's summed RSS and PSS, and the tree's CPU time.
+
+    RSS counts a page shared between processes (libraries, fork's copy-on-write) once per process, as the
+    issue's "sum of RSS" does; PSS splits it between them, so it does not depend on how workers start.
+    """
+
+    wall_s: float
+    peak_rss_bytes: int
+    peak_pss_bytes: int
+    cpu_s: float
+    server_cpu_s: float  # this process meanwhile: the S3 server and the latency proxy live here
+
+
+@dataclass
+class _TreeSampler:
+    """Samples a process tree: summed memory peaks, and each process's last seen CPU time."""
+
+    root: psutil.Process
+    peak_rss: int = 0
+    peak_pss: int = 0
+    cpu_by_pid: dict[int, float] = field(default_factory=dict)
+
+    def sample(self) -> None:
+        try:
+            processes = [self.root, *self.root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return
+        rss = pss = 0
+        for process in processes:
+            with suppress(psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                memory, cpu = process.memory_full_info(), process.cpu_times()
+                rss, pss = rss + memory.rss, pss + memory.pss
+                self.cpu_by_pid[process.pid] = cpu.user + cpu.system
+        self.peak_rss, self.peak_pss = max(self.peak_rss, rss), max(self.peak_pss, pss)
+
+
+def measure(command: Sequence[str], env: Mapping[str, str], log: Path) -> Measured:
+    """Run `command` from the repository root, its output to `log`; raise if it fails.
+
+    CPU time: two lower bounds, the larger wins. The children's rusage holds every process of the tree
+    that its parent waited for, however short-lived; the sampled CPU time of every process seen also
+    holds those nobody waits for (a forkserver and the workers it forks) but misses the last 50 ms of each.
+    """
+    log.parent.mkdir(parents=True, exist_ok=True)
+    me = psutil.Process()
+    before, server_before = resource.getrusage(resource.RUSAGE_CHILDREN), me.cpu_times()
+    started = time.perf_counter()
+    with open(log, "wb") as output:
+        process = subprocess.Popen(
+            list(command), cwd=REPO, env=dict(env), stdout=output, stderr=subprocess.STDOUT
+        )
+        sampler = _TreeSampler(psutil.Process(process.pid))
+        while process.poll() is None:
+            sampler.sample()
+            time.sleep(SAMPLE_INTERVAL_S)
+    wall = time.perf_counter() - started
+    after, server_after = resource.getrusage(resource.RUSAGE_CHILDREN), me.cpu_times()
+    if process.returncode:
+        tail = log.read_text(errors="replace")[-3000:]
+        raise RuntimeError(f"{' '.join(command[:3])} ... failed ({process.returncode}), see {log}:\n{tail}")
+    reaped = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    cpu = max(reaped, sum(sampler.cpu_by_pid.values()))
+    server = (server_after.user - server_before.user) + (server_after.system - server_before.system)
+    return Measured(wall, sampler.peak_rss, sampler.peak_pss, cpu, server)
+
+
+def directory_bytes(path: Path) -> int:
+    return sum(item.stat().st_size for item in path.rglob("*") if item.is_file())
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """One full run of one implementation on one endpoint."""
+
+    implementation: str  # "seed" or "ours"
+    endpoint: str  # "loopback" or "latency"
+    scale: str  # "N" or "4N"
+    recordings: int
+    audio_seconds: float
+    measured: Measured
+    cache_bytes: int
+    rows: int
+    stage_seconds: float | None  # ours: run_prepare's own elapsed time (no interpreter start or imports)
+
+    @property
+    def throughput(self) -> float:
+        """Audio-seconds per wall-second, interpreter start and imports included (both sides pay them)."""
+        return self.audio_seconds / self.measured.wall_s
+
+    @property
+    def cache_per_audio_second(self) -> float:
+        return self.cache_bytes / self.audio_seconds
+
+    @property
+    def cpu_utilisation(self) -> float:
+        return self.measured.cpu_s / self.measured.wall_s / CORES
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **asdict(self),
+            "audio_seconds_per_second": round(self.throughput, 2),
+            "cache_bytes_per_audio_second": round(self.cache_per_audio_second),
+            "cpu_utilisation": round(self.cpu_utilisation, 3),
+        }
+
+
+def _subprocess_env(s3_env: Mapping[str, str]) -> dict[str, str]:
+    return {**ENVIRONMENT, **s3_env, "PYTHONUNBUFFERED": "1"}
+
+
+def run_seed(
+    export: Path, output: Path, model: Path, s3_env: Mapping[str, str], log: Path, num_proc: int
+) -> dict:
+    """The seed's approach from scratch; returns the measurement and its summary."""
+    shutil.rmtree(output, ignore_errors=True)
+    command = [
+        sys.executable, "-m", "benchmarks.seed_baseline", "--annotations", str(export), "--output-dir",
+        str(output), "--model", str(model), "--language", LANGUAGE, "--seed", str(SEED),
+        "--num-proc", str(num_proc),
+    ]  # fmt: skip
+    measured = measure(command, _subprocess_env(s3_env), log)
+    summary = json.loads((output / "seed_summary.json").read_text())
+    cache_bytes = directory_bytes(output)
+    shutil.rmtree(output)  # gigabytes of padded float32: measured, then gone
+    return {"measured": measured, "cache_bytes": cache_bytes, "rows": summary["rows"], "stage_seconds": None}
+
+
+def ours_command(export: Path, output: Path, model: Path) -> list[str]:
+    return [
+        sys.executable, "prepare_data.py", "--annotations", str(export), "--output-dir", str(output),
+        "--model", str(model), "--language", LANGUAGE, "--seed", str(SEED), "--num-workers", "0",
+    ]  # fmt: skip
+
+
+def run_ours(export: Path, output: Path, model: Path, s3_env: Mapping[str, str], log: Path) -> dict:
+    """prepare_data.py from scratch (`--num-workers 0`: one worker per core)."""
+    shutil.rmtree(output, ignore_errors=True)
+    measured = measure(ours_command(export, output, model), _subprocess_env(s3_env), log)
+    report = json.loads((output / "prepare_report.json").read_text())
+    rows = sum(report["examples"].values())
+    return {
+        "measured": measured,
+        "cache_bytes": report["cache_bytes"],
+        "rows": rows,
+        "stage_seconds": report["elapsed_seconds"],
+    }
+
+
+def noop_rerun_seconds(export: Path, output: Path, model: Path, s3_env: Mapping[str, str]) -> float:
+    """run_prepare on a current cache, in this process: what a rerun costs beyond starting Python."""
+    args = PrepareArguments(
+        annotations=str(export), output_dir=str(output), model=str(model), language=LANGUAGE, seed=SEED
+    )
+    started = time.perf_counter()
+    summary = run_prepare(args, AugmentationSettings(), environ=s3_env)
+    elapsed = time.perf_counter() - started
+    if not summary.current:
+        raise RuntimeError(f"the rerun on {output} rebuilt the cache: it was not current")
+    return elapsed
+
+
+# --- the compute limit ------------------------------------------------------------------------------
+
+STAGES = ("decode", "resample", "augment", "log-mel", "tokenize", "write")
+
+
+def stage_costs(
+    directory: Path, recordings: Sequence[Recording], model: Path, workdir: Path
+) -> dict[str, Any]:
+    """Single-core CPU seconds per audio-second of each stage, done as prepare does it, on `recordings`.
+
+    Runs in this process with one BLAS/torch thread, like a worker. decode + resample + augment + log-mel
+    is a worker's share; tokenize (window planning) and write (shards, then the final splits) the main
+    process's. `worker_check` is process_recording timed whole: it should match the worker's stages.
+    """
+    from transformers import WhisperFeatureExtractor, WhisperTokenizerFast
+
+    limit_threads()
+    settings = AugmentationSettings()
+    _init_worker(str(model), settings, SEED)
+    extractor = WhisperFeatureExtractor.from_pretrained(str(model))
+    featurizer = LogMelFeaturizer(extractor)
+    encoder = LabelEncoder(WhisperTokenizerFast.from_pretrained(str(model)), LANGUAGE, "transcribe")
+    export = write_export(recordings, workdir / "sample_export.json")
+    tasks = parse_export(load_export(export.read_bytes()), PrepareArguments().annotation_settings).tasks
+    splits = assign_splits(
+        [task.audio_uri for task in tasks], seed=SEED, val_fraction=PrepareArguments().val_fraction
+    )
+    spent = dict.fromkeys((*STAGES, "worker_check"), 0.0)
+
+    def timed(stage: str, function, *args, **kwargs):
+        started = time.process_time()
+        result = function(*args, **kwargs)
+        spent[stage] += time.process_time() - started
+        return result
+
+    layout = CacheLayout(workdir / "sample_cache")
+    shutil.rmtree(layout.root, ignore_errors=True)
+    features = cache_features(extractor.feature_size)
+    store = ShardStore(layout, features)
+    sources: list[RowSource] = []
+    by_name = {recording.uri: recording for recording in recordings}
+    for task in tasks:
+        windows, _ = timed("tokenize", pack_windows, task, encoder.encode)
+        data = (directory / by_name[task.audio_uri].name).read_bytes()
+        source, rate = timed("decode", sf.read, io.BytesIO(data), dtype="float32", always_2d=True)
+        mono = timed("decode", np.mean, source, axis=1, dtype=np.float32)
+        samples = timed("resample", soxr.resample, mono, rate, SAMPLE_RATE, RESAMPLE_QUALITY)
+        copies = 1 if splits[task.audio_uri] == TRAIN else 0
+        for window in windows:
+            clean = cut(samples, window.start, window.end)
+            timed("log-mel", featurizer.compute, clean)
+            if copies:
+                variant = timed(
+                    "augment", augment, clean, settings, augmentation_seed(SEED, window.window_id, 1)
+                )
+                timed("log-mel", featurizer.compute, variant)
+        work = RecordingWork(task.task_id, task.audio_uri, splits[task.audio_uri], tuple(windows), copies)
+        outcome = timed("worker_check", process_recording, work, data)
+        timed("write", store.write, work.key, outcome.rows, {"split": work.split})
+        sources.append(RowSource(work.split, store.arrow_path(work.key)))
+    timed("write", finalize, layout, sources, features, {}, lambda size: {"cache_bytes": size})
+    seconds = speech_seconds(recordings)
+    per_second = {stage: spent[stage] / seconds for stage in spent}
+    total = sum(per_second[stage] for stage in STAGES)
+    shutil.rmtree(layout.root, ignore_errors=True)
+    return {
+        "sample_recordings": len(recordings),
+        "sample_audio_seconds": round(seconds, 2),
+        "ms_per_audio_second": {stage: round(1000 * value, 4) for stage, value in per_second.items()},
+        "total_ms_per_audio_second": round(1000 * total, 4),
+        "cores": CORES,
+        "limit_audio_seconds_per_second": round(CORES / total, 1),
+    }
+
+
+# --- the benchmark ----------------------------------------------------------------------------------
+
+
+def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
+    """Everything in order; returns the JSON document (figures, goals, tables)."""
+    started, load_at_start = time.perf_counter(), os.getloadavg()
+    workdir, model = Path(args.workdir).resolve(), Path(args.model).resolve()
+    ensure_pretrained(model)
+    corpus_dir = workdir / "corpus"
+    recordings = build_corpus(corpus_dir, SCALE * args.recordings)
+    counts = {"N": args.recordings, "4N": SCALE * args.recordings}
+    exports = {
+        scale: write_export(recordings[:count], workdir / f"export_{count}.json")
+        for scale, count in counts.items()
+    }
+    seconds = {scale: speech_seconds(recordings[:count]) for scale, count in counts.items()}
+    print(f"measuring stage costs on {min(args.stage_sample, args.recordings)} recordings ...", flush=True)
+    costs = stage_costs(corpus_dir, recordings[: min(args.stage_sample, args.recordings)], model, workdir)
+
+    # One-time costs fall on neither side: librosa compiles (and caches) numba kernels on its first import.
+    subprocess.run(
+        [sys.executable, "-c", "import audiomentations, datasets, librosa, transformers"], check=True
+    )
+    plan: list[tuple[str, str, str]] = []
+    runs: list[RunResult] = []
+    with serve_corpus(corpus_dir, recordings, workdir / "s3", args.latency_ms / 1000) as endpoints:
+        for endpoint in endpoints:
+            plan += [("seed", endpoint, "N")] if not args.skip_baseline else []
+            plan += [("ours", endpoint, "N")]
+        plan += [("ours", "loopback", "4N")]
+        plan += [("seed", "loopback", "4N")] if args.baseline_4n and not args.skip_baseline else []
+        for implementation, endpoint, scale in plan:
+            name = f"{implementation}_{endpoint}_{scale}"
+            output, log = workdir / "out" / name, workdir / "logs" / f"{name}.log"
+            print(
+                f"{name}: {counts[scale]} recordings, {seconds[scale]:.0f} audio-s ...", end=" ", flush=True
+            )
+            if implementation == "seed":
+                outcome = run_seed(exports[scale], output, model, endpoints[endpoint], log, args.num_proc)
+            else:
+                outcome = run_ours(exports[scale], output, model, endpoints[endpoint], log)
+            runs.append(RunResult(implementation, endpoint, scale, counts[scale], seconds[scale], **outcome))
+            print(f"{runs[-1].throughput:.0f} audio-s/s, {runs[-1].measured.wall_s:.1f} s", flush=True)
+        full = workdir / "out" / "ours_loopback_4N"
+        noop_cli = measure(
+            ours_command(exports["4N"], full, model),
+            _subprocess_env(endpoints["loopback"]),
+            workdir / "logs" / "ours_noop.log",
+        )
+        noop_stage = noop_rerun_seconds(exports["4N"], full, model, endpoints["loopback"])
+
+    regions = [u.end - u.start for recording in recordings[: counts["N"]] for u in recording.utterances]
+    document: dict[str, Any] = {
+        "machine": {
+            "load_average_at_start": load_at_start,
+            "load_average_at_end": os.getloadavg(),
+            "cores": CORES,
+            "processor": platform.processor() or platform.machine(),
+            "python": platform.python_version(),
+        },
+        "settings": {
+            "recordings": counts,
+            "audio_seconds": {scale: round(value, 2) for scale, value in seconds.items()},
+            "mean_region_seconds": round(sum(regions) / len(regions), 2),
+            "latency_ms": args.latency_ms,
+            "seed_num_proc": args.num_proc,
+            "source_rate": SOURCE_RATE,
+            "formats": FORMATS,
+        },
+        "runs": [run.to_dict() for run in runs],
+        "compute": {
+            **costs,
+            "ours_stage_share_of_cpu": {
+                f"{run.endpoint}_{run.scale}": round(stage_share(run, costs), 3)
+                for run in runs
+                if run.implementation == "ours"
+            },
+        },
+        "noop_rerun": {
+            "run_prepare_seconds": round(noop_stage, 3),
+            "full_run_prepare_seconds": _run(runs, "ours", "loopback", "4N").stage_seconds,
+            "cli_wall_seconds": round(noop_cli.wall_s, 3),
+            "full_cli_wall_seconds": round(_run(runs, "ours", "loopback", "4N").measured.wall_s, 3),
+        },
+    }
+    document["goals"] = [
+        asdict(goal) for goal in evaluate_goals(runs, costs, document["noop_rerun"], args.latency_ms)
+    ]
+    document["markdown"] = markdown(document, runs, args.latency_ms)
+    document["wall_seconds"] = round(time.perf_counter() - started, 1)
+    return document
+
+
+def _run(runs: Sequence[RunResult], implementation: str, endpoint: str, scale: str) -> RunResult | None:
+    return next(
+        (r for r in runs if (r.implementation, r.endpoint, r.scale) == (implementation, endpoint, scale)),
+        None,
+    )
+
+
+@dataclass(frozen=True)
+class Goal:
+    goal: str
+    measured: str
+    passed: bool | None  # None: not measured in this run (--skip-baseline, --latency-ms 0)
+
+    @property
+    def verdict(self) -> str:
+        return "SKIP" if self.passed is None else "PASS" if self.passed else "FAIL"
+
+
+def evaluate_goals(
+    runs: Sequence[RunResult], costs: Mapping[str, Any], noop: Mapping[str, Any], latency_ms: float
+) -> list[Goal]:
+    goals = []
+    for endpoint, target, where in (
+        ("loopback", GOAL_SPEEDUP_LOOPBACK, "on loopback"),
+        ("latency", GOAL_SPEEDUP_LATENCY, f"with {latency_ms:g} ms round trip"),
+    ):
+        ours, seed = _run(runs, "ours", endpoint, "N"), _run(runs, "seed", endpoint, "N")
+        if ours and seed:
+            ratio = ours.throughput / seed.throughput
+            measured = f"{ratio:.2f}x ({ours.throughput:.0f} vs {seed.throughput:.0f} audio-s/s)"
+            goals.append(Goal(f"throughput >= {target:g}x the seed's {where}", measured, ratio >= target))
+        else:
+            goals.append(Goal(f"throughput >= {target:g}x the seed's {where}", "not run", None))
+    limit = costs["limit_audio_seconds_per_second"]
+    small, large = _run(runs, "ours", "loopback", "N"), _run(runs, "ours", "loopback", "4N")
+    efficiency = large.throughput / limit
+    goals.append(
+        Goal(
+            f">= {GOAL_EFFICIENCY:.0%} of the compute limit ({limit:.0f} audio-s/s on {CORES} cores)",
+            f"{efficiency:.0%} at 4N ({large.throughput:.0f} audio-s/s); {small.throughput / limit:.0%} at N",
+            efficiency >= GOAL_EFFICIENCY,
+        )
+    )
+    seed = _run(runs, "seed", "loopback", "N")
+    if seed:
+        ratio = seed.cache_per_audio_second / small.cache_per_audio_second
+        sizes = f"{small.cache_per_audio_second / 1e3:.1f} vs {seed.cache_per_audio_second / 1e3:.1f} KB"
+        measured = f"{ratio:.1f}x ({sizes})"
+        goals.append(
+            Goal(
+                f"cache >= {GOAL_CACHE_RATIO:g}x smaller per audio-second",
+                measured,
+                ratio >= GOAL_CACHE_RATIO,
+            )
+        )
+    else:
+        goals.append(Goal(f"cache >= {GOAL_CACHE_RATIO:g}x smaller per audio-second", "not run", None))
+    growth = large.measured.peak_rss_bytes / small.measured.peak_rss_bytes
+    goals.append(
+        Goal(
+            f"peak memory < {GOAL_PEAK_BYTES / 1e9:g} GB, flat from N to 4N (<= {GOAL_FLAT_MEMORY:g}x)",
+            f"{small.measured.peak_rss_bytes / 1e9:.2f} GB at N, "
+            f"{large.measured.peak_rss_bytes / 1e9:.2f} GB at 4N ({growth:.2f}x); PSS "
+            f"{small.measured.peak_pss_bytes / 1e9:.2f} and {large.measured.peak_pss_bytes / 1e9:.2f} GB",
+            max(small.measured.peak_rss_bytes, large.measured.peak_rss_bytes) < GOAL_PEAK_BYTES
+            and growth <= GOAL_FLAT_MEMORY,
+        )
+    )
+    scaling = large.throughput / small.throughput
+    goals.append(
+        Goal(
+            f"throughput per audio-second flat from N to 4N (>= {GOAL_FLAT_THROUGHPUT:g}x)",
+            f"{scaling:.2f}x ({small.throughput:.0f} -> {large.throughput:.0f} audio-s/s)",
+            scaling >= GOAL_FLAT_THROUGHPUT,
+        )
+    )
+    fraction = noop["run_prepare_seconds"] / noop["full_run_prepare_seconds"]
+    goals.append(
+        Goal(
+            f"no-op rerun < {GOAL_NOOP_FRACTION:.0%} of a full run",
+            f"{fraction:.2%} ({noop['run_prepare_seconds']:.2f} s of "
+            f"{noop['full_run_prepare_seconds']:.1f} s in run_prepare; as a command "
+            f"{noop['cli_wall_seconds']:.1f} s of {noop['full_cli_wall_seconds']:.1f} s)",
+            fraction < GOAL_NOOP_FRACTION,
+        )
+    )
+    return goals
+
+
+# --- output -----------------------------------------------------------------------------------------
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join([*lines, *("| " + " | ".join(row) + " |" for row in rows)])
+
+
+def stage_share(run: RunResult, costs: Mapping[str, Any]) -> float:
+    """What the stages need for the run's audio over the CPU time its process tree used: the rest went to
+    start-up, transfers and moving data between processes. Unlike the share of the limit, it does not
+    drop when other programs take the cores."""
+    return run.audio_seconds * costs["total_ms_per_audio_second"] / 1000 / run.measured.cpu_s
+
+
+def _ratio(ours: float | None, seed: float | None) -> str:
+    return f"{ours / seed:.2f}x" if ours is not None and seed else "n/a"
+
+
+def markdown(document: Mapping[str, Any], runs: Sequence[RunResult], latency_ms: float) -> str:
+    """The tables the README shows: comparison at N, scaling, compute limit, goals."""
+    settings, costs = document["settings"], document["compute"]
+    gigabytes = "{:.2f} GB".format
+    metrics = (
+        ("audio-seconds per wall-second", lambda r: r.throughput, lambda v: f"{v:.0f}"),
+        ("cache per audio-second", lambda r: r.cache_per_audio_second, lambda v: f"{v / 1e3:.1f} KB"),
+        ("peak memory (process tree RSS)", lambda r: r.measured.peak_rss_bytes / 1e9, gigabytes),
+        ("peak memory (process tree PSS)", lambda r: r.measured.peak_pss_bytes / 1e9, gigabytes),
+        ("CPU utilisation", lambda r: r.cpu_utilisation, lambda v: f"{v:.0%}"),
+        ("examples in the cache", lambda r: r.rows, lambda v: f"{v}"),
+        ("wall time", lambda r: r.measured.wall_s, lambda v: f"{v:.1f} s"),
+    )
+    endpoints = [("loopback", "loopback")] + ([("latency", f"+{latency_ms:g} ms")] if latency_ms else [])
+    header = [""]
+    for _, title in endpoints:
+        header += [f"seed, {title}", f"ours, {title}", "ours / seed"]
+    rows = []
+    for label, value, show in metrics:
+        row = [label]
+        for endpoint, _ in endpoints:
+            seed, ours = _run(runs, "seed", endpoint, "N"), _run(runs, "ours", endpoint, "N")
+            row += [show(value(seed)) if seed else "not run", show(value(ours)) if ours else "not run"]
+            row += [_ratio(value(ours) if ours else None, value(seed) if seed else None)]
+        rows.append(row)
+    counts, seconds = settings["recordings"], settings["audio_seconds"]
+    small, large = _run(runs, "ours", "loopback", "N"), _run(runs, "ours", "loopback", "4N")
+    scaling = [
+        [label, show(value(small)), show(value(large)), _ratio(value(large), value(small))]
+        for label, value, show in metrics
+        if label != "examples in the cache"
+    ]
+    per_stage = costs["ms_per_audio_second"]
+    limit = costs["limit_audio_seconds_per_second"]
+    compute = [[stage, f"{per_stage[stage]:.3f}"] for stage in STAGES]
+    compute += [
+        ["total", f"{costs['total_ms_per_audio_second']:.3f}"],
+        ["(check: process_recording timed whole)", f"{per_stage['worker_check']:.3f}"],
+        [f"compute limit on {CORES} cores", f"{limit:.0f} audio-s/s"],
+        [
+            "ours at N / 4N, share of the limit",
+            f"{small.throughput / limit:.0%} / {large.throughput / limit:.0%}",
+        ],
+        [
+            "ours at N / 4N, share of its CPU time spent in these stages",
+            f"{stage_share(small, costs):.0%} / {stage_share(large, costs):.0%}",
+        ],
+    ]
+    goals = [[goal["goal"], goal["measured"], Goal(**goal).verdict] for goal in document["goals"]]
+    return "\n\n".join(
+        [
+            f"**Stage 1 at N = {counts['N']} recordings ({seconds['N'] / 60:.0f} audio-min, regions of "
+            f"{settings['mean_region_seconds']:.1f} s on average), {CORES} cores**",
+            markdown_table(header, rows),
+            f"**Scaling, ours on loopback: N = {counts['N']} ({seconds['N'] / 60:.0f} audio-min) and 4N = "
+            f"{counts['4N']} ({seconds['4N'] / 60:.0f} audio-min)**",
+            markdown_table(["", "N", "4N", "4N / N"], scaling),
+            f"**Compute limit: single-core CPU ms per audio-second, sample of {costs['sample_recordings']} "
+            "recordings**",
+            markdown_table(["stage", "ms per audio-second"], compute),
+            "**Goals**",
+            markdown_table(["goal", "measured", "result"], goals),
+        ]
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.prepare", description=__doc__.split("\n")[0])
+    parser.add_argument("--recordings", type=int, default=150, help="N (the scaling run has 4N; default 150)")
+    parser.add_argument("--latency-ms", type=float, default=50.0, help="added round trip (0: loopback only)")
+    parser.add_argument("--skip-baseline", action="store_true", help="run only ours")
+    parser.add_argument("--baseline-4n", action="store_true", help="also run the seed's approach at 4N")
+    parser.add_argument("--model", default="model", help="whisper-base directory (built if missing)")
+    parser.add_argument("--workdir", default="benchmarks/work", help="corpus, exports, caches, logs")
+    parser.add_argument("--output", default="benchmarks/results/prepare.json", help="the JSON results")
+    parser.add_argument("--stage-sample", type=int, default=16, help="recordings timed stage by stage")
+    parser.add_argument("--num-proc", type=int, default=4, help="the seed's datasets.map processes (its 4)")
+    args = parser.parse_args(argv)
+    document = run_benchmark(args)
+    print()
+    print(document["markdown"])
+    print(f"\nwhole benchmark: {document['wall_seconds']:.0f} s")
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {output}")
+    failed = [goal for goal in document["goals"] if goal["passed"] is False]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
