@@ -704,6 +704,16 @@ def markdown(document: Mapping[str, Any], runs: Sequence[RunResult], latency_ms:
     )
 
 
+def publish(document: Mapping[str, Any], output: Path) -> None:
+    """Print a benchmark's tables and write its JSON (what the README quotes)."""
+    print()
+    print(document["markdown"])
+    print(f"\nwhole benchmark: {document['wall_seconds']:.0f} s")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {output}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.prepare", description=__doc__.split("\n")[0])
     parser.add_argument("--recordings", type=int, default=150, help="N (the scaling run has 4N; default 150)")
@@ -717,13 +727,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--num-proc", type=int, default=4, help="the seed's datasets.map processes (its 4)")
     args = parser.parse_args(argv)
     document = run_benchmark(args)
-    print()
-    print(document["markdown"])
-    print(f"\nwhole benchmark: {document['wall_seconds']:.0f} s")
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {output}")
+    publish(document, Path(args.output))
     failed = [goal for goal in document["goals"] if goal["passed"] is False]
     return 1 if failed else 0
 

@@ -22,7 +22,6 @@ far less than that, so the estimated steps are lower bounds and the input share 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -35,7 +34,16 @@ from torch.utils.data import DataLoader, RandomSampler
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import WhisperConfig
 
-from benchmarks.prepare import CORES, LANGUAGE, SEED, build_corpus, markdown_table, serve_corpus, write_export
+from benchmarks.prepare import (
+    CORES,
+    LANGUAGE,
+    SEED,
+    build_corpus,
+    markdown_table,
+    publish,
+    serve_corpus,
+    write_export,
+)
 from whisper_pipeline.audio import AugmentationSettings
 from whisper_pipeline.cache import open_cache
 from whisper_pipeline.modeling import (
@@ -317,13 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output", default="benchmarks/results/train_input.json")
     args = parser.parse_args(argv)
     document = run_benchmark(args)
-    print()
-    print(document["markdown"])
-    print(f"\nwhole benchmark: {document['wall_seconds']:.0f} s")
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {output}")
+    publish(document, Path(args.output))
     return 0 if all(goal["passed"] for goal in document["goals"]) else 1
 
 

@@ -15,6 +15,7 @@ import yaml
 from faster_whisper import WhisperModel
 from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
+from tests.fixtures.models import faster_whisper_greedy
 from tests.test_modeling import LORA
 from whisper_pipeline.constants import N_FRAMES, N_SAMPLES, SAMPLE_RATE
 from whisper_pipeline.export import TRAIN_CONFIG, main
@@ -171,19 +172,6 @@ def test_faster_whisper_on_the_export_transcribes_like_the_merged_model(base_exp
         with torch.inference_mode():
             ids = merged.generate(features, language=clip.language, task="transcribe")
         expected = processor.batch_decode(ids, skip_special_tokens=True)[0].strip()
-        segments, _ = runtime.transcribe(
-            audio,
-            language=clip.language,
-            beam_size=1,
-            best_of=1,
-            temperature=0.0,
-            without_timestamps=True,
-            condition_on_previous_text=False,
-            vad_filter=False,
-            no_speech_threshold=None,
-            log_prob_threshold=None,
-            compression_ratio_threshold=None,
-        )
-        actual = " ".join(segment.text.strip() for segment in segments)
+        actual = faster_whisper_greedy(runtime, audio, clip.language)
         assert actual == expected, (clip.name, actual, expected)
         assert len(expected.split()) >= 3

@@ -15,6 +15,7 @@ from faster_whisper import WhisperModel
 from safetensors.torch import load_file
 from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
+from tests.fixtures.models import faster_whisper_greedy
 from whisper_pipeline.constants import N_SAMPLES, SAMPLE_RATE
 from whisper_pipeline.errors import ModelError
 from whisper_pipeline.pretrained import (
@@ -98,21 +99,7 @@ def test_greedy_transcripts_match_faster_whisper_word_for_word(whisper_base_dir,
         with torch.inference_mode():
             ids = model.generate(features, language="en", task="transcribe")
         converted.append(processor.batch_decode(ids, skip_special_tokens=True)[0].strip())
-        segments, _ = reference.transcribe(
-            np.pad(audio, (0, N_SAMPLES - len(audio))),
-            language="en",
-            task="transcribe",
-            beam_size=1,
-            best_of=1,
-            temperature=0.0,
-            without_timestamps=True,
-            condition_on_previous_text=False,
-            vad_filter=False,
-            no_speech_threshold=None,
-            log_prob_threshold=None,
-            compression_ratio_threshold=None,
-        )
-        original.append(" ".join(segment.text.strip() for segment in segments))
+        original.append(faster_whisper_greedy(reference, np.pad(audio, (0, N_SAMPLES - len(audio))), "en"))
     assert [text.split() for text in converted] == [text.split() for text in original]
     assert all(len(text.split()) >= 5 for text in converted), converted
     assert converted[1] == SENTENCES[1]  # the clearest clip comes out verbatim
