@@ -56,17 +56,12 @@ from whisper_pipeline.constants import SAMPLE_RATE
 from whisper_pipeline.demo import PITCHES, SPEEDS, VOICES, demo_sentences
 from whisper_pipeline.features import LabelEncoder, LogMelFeaturizer
 from whisper_pipeline.local_s3 import LocalS3Server
-from whisper_pipeline.prepare import (
-    PrepareArguments,
-    RecordingWork,
-    _init_worker,  # the worker's own setup, so that process_recording runs exactly as in a worker
-    process_recording,
-    run_prepare,
-)
+from whisper_pipeline.prepare import PrepareArguments, run_prepare
 from whisper_pipeline.pretrained import ensure_pretrained
 from whisper_pipeline.s3_proxy import S3Proxy
 from whisper_pipeline.segments import TRAIN, assign_splits, pack_windows
 from whisper_pipeline.synthetic import LabelStudioExport, Part, Utterance, compose, encode_audio, synthesize
+from whisper_pipeline.worker import RecordingWork, init_worker, process_recording
 
 REPO = Path(__file__).resolve().parents[1]
 BUCKET = "bench-speech"
@@ -380,9 +375,9 @@ def stage_costs(
 
     limit_threads()
     settings = AugmentationSettings()
-    _init_worker(str(model), settings, SEED)
     extractor = WhisperFeatureExtractor.from_pretrained(str(model))
-    featurizer = LogMelFeaturizer(extractor)
+    init_worker(extractor.mel_filters, settings, SEED)  # as in a worker: process_recording runs as there
+    featurizer = LogMelFeaturizer.for_extractor(extractor)
     encoder = LabelEncoder(WhisperTokenizerFast.from_pretrained(str(model)), LANGUAGE, "transcribe")
     export = write_export(recordings, workdir / "sample_export.json")
     tasks = parse_export(load_export(export.read_bytes()), PrepareArguments().annotation_settings).tasks

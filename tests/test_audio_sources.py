@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from whisper_pipeline.audio_sources import (
+    LIST_MIN_OBJECTS,
     AudioRef,
     AudioSourceError,
     ObjectInfo,
@@ -25,6 +26,7 @@ from whisper_pipeline.audio_sources import (
     resolve_audio_uri,
     split_s3_uri,
     stat,
+    stat_all,
 )
 from whisper_pipeline.errors import ConfigError, S3Error
 from whisper_pipeline.local_s3 import free_port
@@ -236,7 +238,7 @@ def test_stat_and_read_over_tls_with_the_ca_bundle(s3_bucket):
     data = os.urandom(300_000)
     ref = resolve_audio_uri(s3_bucket.put("clips/a.flac", data), default_bucket=None, local_files_root=None)
     info = stat(ref, s3_bucket.client)
-    assert info == ObjectInfo(size=len(data), etag=hashlib.md5(data).hexdigest(), version=None)
+    assert info == ObjectInfo(size=len(data), etag=hashlib.md5(data).hexdigest())
     stats = TransferStats()
     assert read_bytes(ref, s3_bucket.client, stats) == data
     assert (stats.objects, stats.bytes, stats.retries) == (1, len(data), 0)
@@ -256,12 +258,54 @@ def test_missing_and_empty_objects_are_permanent_skips(s3_bucket):
     assert (caught.value.reason, caught.value.transient) == ("empty_object", False)
 
 
+def _calls(client) -> list[str]:
+    """The S3 operations the client sends from now on, in order."""
+    calls: list[str] = []
+    client.meta.events.register("before-call.s3", lambda model, **_: calls.append(model.name))
+    return calls
+
+
+def test_stat_all_lists_a_bucket_instead_of_one_request_per_object(s3_bucket, tmp_path):
+    count = LIST_MIN_OBJECTS + 8
+    data = {f"calls/{index:03d}.flac": os.urandom(100 + index) for index in range(count)}
+    for key, body in data.items():
+        s3_bucket.put(key, body)
+    s3_bucket.put("other/unrelated.flac", b"x")
+    refs = [
+        resolve_audio_uri(s3_bucket.uri(key), default_bucket=None, local_files_root=None)
+        for key in [*data, "calls/absent.flac"]
+    ]
+    local = tmp_path / "a.wav"
+    local.write_bytes(b"RIFF")
+    refs.append(AudioRef(str(local), "local", path=local))
+    calls = _calls(s3_bucket.client)
+    infos = stat_all(refs, s3_bucket.client, concurrency=4)
+    assert calls.count("ListObjectsV2") == 1 and calls.count("HeadObject") == 1  # the absent one
+    for ref in refs[:count]:
+        assert infos[ref.uri] == stat(ref, s3_bucket.client)
+    assert isinstance(infos[s3_bucket.uri("calls/absent.flac")], AudioSourceError)
+    assert infos[str(local)] == stat(refs[-1], None)
+
+
+def test_stat_all_asks_each_object_when_there_are_few(s3_bucket):
+    refs = [
+        resolve_audio_uri(
+            s3_bucket.put(f"few/{index}.wav", b"RIFF"), default_bucket=None, local_files_root=None
+        )
+        for index in range(3)
+    ]
+    calls = _calls(s3_bucket.client)
+    infos = stat_all(refs, s3_bucket.client, concurrency=2)
+    assert sorted(calls) == ["HeadObject"] * 3
+    assert all(info == ObjectInfo(size=4, etag=hashlib.md5(b"RIFF").hexdigest()) for info in infos.values())
+
+
 def test_local_files_stat_and_read(tmp_path):
     path = tmp_path / "a.wav"
     path.write_bytes(b"RIFF....")
     ref = AudioRef(str(path), "local", path=path)
     info = path.stat()
-    assert stat(ref, None) == ObjectInfo(size=8, etag=f"8-{info.st_mtime_ns}", version=None)
+    assert stat(ref, None) == ObjectInfo(size=8, etag=f"8-{info.st_mtime_ns}")
     assert read_bytes(ref, None) == b"RIFF...."
     gone = AudioRef(str(tmp_path / "gone.wav"), "local", path=tmp_path / "gone.wav")
     for operation in (stat, read_bytes):

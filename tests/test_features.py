@@ -33,7 +33,7 @@ def feature_extractor(tiny_model_dir) -> WhisperFeatureExtractor:
 
 @pytest.fixture(scope="module")
 def featurizer(feature_extractor) -> LogMelFeaturizer:
-    return LogMelFeaturizer(feature_extractor)
+    return LogMelFeaturizer.for_extractor(feature_extractor)
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +102,7 @@ def test_audio_over_30_seconds_is_refused(featurizer, long_speech):
 
 def test_a_dithering_extractor_is_refused():
     with pytest.raises(ModelError, match="dither"):
-        LogMelFeaturizer(WhisperFeatureExtractor(dither=1e-4))
+        LogMelFeaturizer.for_extractor(WhisperFeatureExtractor(dither=1e-4))
 
 
 def test_pad_features_refuses_more_frames_than_the_input_holds():

@@ -43,6 +43,11 @@ def test_demo_runs_the_whole_loop_and_reports_where_everything_is(demo_run):
     assert "demo summary" in first.stdout and str(outputs / "adapter") in first.stdout
     evaluation = json.loads((outputs / "evaluation" / "evaluation.json").read_text())
     assert evaluation["examples"] == 3 and (outputs / "evaluation" / "evaluation.md").is_file()
+    assert (outputs / "merged" / "model.safetensors").is_file() and (outputs / "ct2" / "model.bin").is_file()
+    assert [set(item) for item in summary["transcripts"]] == [
+        {"audio", "reference", "merged", "ctranslate2"}
+    ] * 3
+    assert "deployed" in first.stdout
 
 
 def test_heldout_sentences_never_occur_in_training(demo_run):

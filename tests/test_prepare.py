@@ -20,6 +20,7 @@ import pytest
 from transformers import WhisperFeatureExtractor, WhisperTokenizerFast
 
 from tests.fixtures.cache import prepare_arguments
+from whisper_pipeline import prepare
 from whisper_pipeline.audio import AugmentationSettings, cut, decode_audio
 from whisper_pipeline.cache import exclusive_lock, open_cache
 from whisper_pipeline.errors import CacheError
@@ -120,12 +121,14 @@ def test_labels_carry_the_prefix_and_decode_back_to_the_text(prepared_cache, tin
 
 
 def test_rerun_is_a_no_op_and_force_or_a_changed_setting_rebuilds(
-    prepared_cache, staged_corpus, tiny_model_dir, tmp_path
+    prepared_cache, staged_corpus, tiny_model_dir, tmp_path, monkeypatch
 ):
     root = _copy(prepared_cache, tmp_path)
     before = cache_digest(root)
     args = prepare_arguments(staged_corpus, tiny_model_dir, root)
-    again = run_prepare(args, AugmentationSettings(), environ=staged_corpus.env)
+    with monkeypatch.context() as patched:  # a current cache is known before the tokenizer loads
+        patched.setattr(prepare, "_load_tokenizer", lambda _: pytest.fail("the no-op loaded the tokenizer"))
+        again = run_prepare(args, AugmentationSettings(), environ=staged_corpus.env)
     assert again.current and cache_digest(root) == before
 
     changed = run_prepare(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,8 @@ from whisper_pipeline.errors import ConfigError, S3Error
 
 BODY_ATTEMPTS = 5  # reads of one object's body before giving up (each after botocore's own retries)
 BODY_BACKOFF_S = 0.2  # first wait between body reads, doubled each time
+LIST_MIN_OBJECTS = 32  # below this many objects in a bucket, HEAD each: cheaper than listing
+LIST_OVERREAD = 10  # list at most this many objects per object needed, then HEAD the rest
 LOCAL_FILES_PREFIX = "/data/local-files/"
 UPLOAD_PREFIX = "/data/upload/"
 
@@ -109,7 +112,6 @@ class ObjectInfo:
 
     size: int
     etag: str
-    version: str | None = None
 
 
 class TransferStats:
@@ -319,9 +321,56 @@ def stat(ref: AudioRef, client) -> ObjectInfo:
         raise AudioSourceError(
             "download_failed", f"{ref.uri}: {type(error).__name__}", transient=True
         ) from None
-    return ObjectInfo(
-        size=int(head["ContentLength"]), etag=head["ETag"].strip('"'), version=head.get("VersionId")
-    )
+    return ObjectInfo(size=int(head["ContentLength"]), etag=head["ETag"].strip('"'))
+
+
+def stat_all(refs: Sequence[AudioRef], client, concurrency: int) -> dict[str, ObjectInfo | AudioSourceError]:
+    """`stat` of many recordings by URI: a bucket's objects from its listing (one request per 1000), the
+    rest (local files, objects the listing did not show, buckets we may not list) one by one, concurrently.
+    A rerun that finds its cache current costs a few requests, not one per recording."""
+    listed: dict[tuple[str, str], ObjectInfo] = {}
+    keys_by_bucket: dict[str, set[str]] = {}
+    for ref in refs:
+        if ref.kind == "s3":
+            keys_by_bucket.setdefault(ref.bucket, set()).add(ref.key)
+    for bucket, keys in keys_by_bucket.items():
+        if len(keys) >= LIST_MIN_OBJECTS:
+            listed.update(((bucket, key), info) for key, info in _listed(client, bucket, keys).items())
+
+    def one(ref: AudioRef) -> ObjectInfo | AudioSourceError:
+        if ref.kind == "s3" and (ref.bucket, ref.key) in listed:
+            return listed[ref.bucket, ref.key]
+        try:
+            return stat(ref, client)
+        except AudioSourceError as error:
+            return error
+
+    with ThreadPoolExecutor(max(1, concurrency)) as pool:
+        return {ref.uri: info for ref, info in zip(refs, pool.map(one, refs), strict=True)}
+
+
+def _listed(client, bucket: str, keys: set[str]) -> dict[str, ObjectInfo]:
+    """Size and ETag of `keys` from ListObjectsV2 under their common prefix. Gives up (the caller then
+    asks object by object) when listing is not allowed or would read far more objects than it needs."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    found: dict[str, ObjectInfo] = {}
+    budget = LIST_OVERREAD * len(keys)
+    first, last = min(keys), max(keys)  # S3 prefixes are character prefixes, not path components
+    shared = next((i for i, (a, b) in enumerate(zip(first, last, strict=False)) if a != b), len(first))
+    prefix = first[:shared]
+    try:
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        for page in pages:
+            for item in page.get("Contents", ()):
+                budget -= 1
+                if item["Key"] in keys:
+                    found[item["Key"]] = ObjectInfo(size=int(item["Size"]), etag=item["ETag"].strip('"'))
+            if len(found) == len(keys) or budget <= 0:
+                break
+    except (BotoCoreError, ClientError):
+        pass  # e.g. no s3:ListBucket permission: every object gets its own HEAD
+    return found
 
 
 def _classified(ref: AudioRef, error) -> AudioSourceError:

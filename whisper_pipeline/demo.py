@@ -9,8 +9,10 @@
 3. starts a local S3 server (moto over TLS with a freshly generated private CA, like a MinIO behind a
    corporate CA), uploads audio and exports, and stops it at the end whatever happens;
 4. runs run_pipeline.sh against it: prepare_data.py, then LoRA training (train_model.py);
-5. evaluates the base model and the adapter on the held-out export (whisper_pipeline.evaluate) and prints
-   both scores and where the outputs are.
+5. evaluates the base model and the adapter on the held-out export (whisper_pipeline.evaluate);
+6. ships the adapter as users deploy it: merges it into the base model, converts that to CTranslate2
+   (int8) and transcribes a few held-out clips, straight from S3, with both (transformers and
+   faster-whisper); then prints the scores, the transcripts and where the outputs are.
 
 Everything goes under --workdir (default demo_data/). A second run reuses the corpus and the feature
 cache (prepare is a no-op) and trains again.
@@ -33,6 +35,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from whisper_pipeline.annotations import AnnotationSettings, RegionKind, load_export, parse_export
 from whisper_pipeline.cache import stable_hash
 from whisper_pipeline.config import parse_config
 from whisper_pipeline.errors import PipelineError, exit_on_user_error
@@ -85,6 +88,9 @@ class DemoArguments:
     )
     eval_max_new_tokens: int = field(
         default=64, metadata={"help": "Longest held-out transcript in tokens (one sentence each)."}
+    )
+    transcribe_clips: int = field(
+        default=4, metadata={"help": "Held-out clips the merged and CTranslate2 models transcribe."}
     )
 
 
@@ -235,6 +241,11 @@ def run_demo(args: DemoArguments) -> dict[str, Any]:
         _run(evaluate, env)
         timings["evaluation"] = time.perf_counter() - started
 
+        started = time.perf_counter()
+        clips = heldout_clips(corpus.heldout_export, args.transcribe_clips)
+        transcripts = export_and_transcribe(model_dir, outputs, list(clips), env)
+        timings["export"] = time.perf_counter() - started
+
     evaluation = json.loads((evaluation_dir / "evaluation.json").read_text(encoding="utf-8"))
     report = json.loads((cache_dir / "prepare_report.json").read_text(encoding="utf-8"))
     summary = {
@@ -248,6 +259,10 @@ def run_demo(args: DemoArguments) -> dict[str, Any]:
         "examples": report["examples"],
         "heldout": evaluation["scores"],
         "relative_wer_reduction": evaluation.get("relative_wer_reduction"),
+        "transcripts": [
+            {"audio": uri, "reference": reference, **{name: texts[i] for name, texts in transcripts.items()}}
+            for i, (uri, reference) in enumerate(clips.items())
+        ],
         "seconds": {name: round(value, 1) for name, value in timings.items()},
         "paths": {
             "adapter": str(outputs / "adapter"),
@@ -255,11 +270,43 @@ def run_demo(args: DemoArguments) -> dict[str, Any]:
             "evaluation": str(evaluation_dir / "evaluation.md"),
             "tensorboard": f"tensorboard --logdir {outputs / 'runs'}",
             "cache": str(cache_dir),
+            "merged": str(outputs / "merged"),
+            "ctranslate2": str(outputs / "ct2"),
         },
         "arguments": asdict(args),
     }
     (outputs / "demo_summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     return summary
+
+
+def heldout_clips(export: Path, count: int) -> dict[str, str]:
+    """The first `count` held-out recordings as they sit in the bucket -> their reference text."""
+    parsed = parse_export(load_export(export.read_bytes()), AnnotationSettings())
+    return {
+        f"s3://{BUCKET}/audio/{Path(task.audio_uri).name}": " ".join(
+            region.text for region in task.regions if region.kind is RegionKind.SPEECH
+        )
+        for task in parsed.tasks[:count]
+    }
+
+
+def export_and_transcribe(
+    model_dir: Path, outputs: Path, uris: Sequence[str], env: dict[str, str]
+) -> dict[str, list[str]]:
+    """Merge, convert to CTranslate2 and transcribe `uris` with both models, with the commands users run."""
+    merged, ct2 = outputs / "merged", outputs / "ct2"
+    module = [sys.executable, "-m"]
+    merge = [*module, "whisper_pipeline.export", "merge", "--model", str(model_dir)]
+    _run([*merge, "--adapter", str(outputs / "adapter"), "--output", str(merged)], env)
+    convert = [*module, "whisper_pipeline.export", "ctranslate2", "--model", str(merged)]
+    _run([*convert, "--output", str(ct2), "--quantization", "int8"], env)
+    texts: dict[str, list[str]] = {}
+    for name, model in (("merged", merged), ("ctranslate2", ct2)):
+        output = outputs / "transcripts" / f"{name}.json"
+        transcribe = [*module, "whisper_pipeline.transcribe", *uris, "--model", str(model)]
+        _run([*transcribe, "--format", "json", "--output", str(output)], env)
+        texts[name] = [item["text"] for item in json.loads(output.read_text(encoding="utf-8"))]
+    return texts
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -282,6 +329,11 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(row("fine-tuned", tuned))
     if summary.get("relative_wer_reduction") is not None:
         lines.append(f"  WER reduced by {100 * summary['relative_wer_reduction']:.1f}% (relative)")
+    if summary.get("transcripts"):
+        lines.append("  deployed    merged model (transformers) and CTranslate2 int8 (faster-whisper):")
+        for item in summary["transcripts"]:
+            lines.append(f"    {Path(item['audio']).name}")
+            lines += [f"      {name:<11} {item[name]}" for name in ("reference", "merged", "ctranslate2")]
     lines += [
         "  time        "
         + ", ".join(f"{name} {value:.0f} s" for name, value in seconds.items())

@@ -51,7 +51,15 @@ class LogMelFeaturizer:
     A 2 s clip costs an STFT of 2 s instead of 30 s.
     """
 
-    def __init__(self, feature_extractor: WhisperFeatureExtractor) -> None:
+    def __init__(self, mel_filters: np.ndarray) -> None:
+        """`mel_filters`: the extractor's [n_freqs, n_mels] matrix (see `for_extractor`)."""
+        self._mel_filters_t = torch.from_numpy(np.asarray(mel_filters, dtype=np.float32)).T
+        self._window = torch.hann_window(N_FFT)
+        self._silent_log_mel = torch.tensor(LOG_MEL_FLOOR, dtype=torch.float32).log10()
+
+    @classmethod
+    def for_extractor(cls, feature_extractor: WhisperFeatureExtractor) -> LogMelFeaturizer:
+        """The extractor's log-mel, refused when its geometry or dithering would make it another one."""
         geometry = (
             feature_extractor.sampling_rate,
             feature_extractor.n_fft,
@@ -65,9 +73,7 @@ class LogMelFeaturizer:
             )
         if feature_extractor.dither:
             raise ModelError("the feature extractor dithers: the cached features would not be reproducible")
-        self._mel_filters_t = torch.from_numpy(np.asarray(feature_extractor.mel_filters, dtype=np.float32)).T
-        self._window = torch.hann_window(N_FFT)
-        self._silent_log_mel = torch.tensor(LOG_MEL_FLOOR, dtype=torch.float32).log10()
+        return cls(feature_extractor.mel_filters)
 
     def compute(self, samples: np.ndarray) -> CompactFeatures:
         """16 kHz mono samples (at most 30 s; segment longer audio first) -> the frames that hold audio."""

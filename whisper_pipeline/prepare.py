@@ -1,9 +1,10 @@
 """Stage 1: Label Studio export + audio -> the feature cache (see cache.py for the layout).
 
-Data flows one way: parse -> resolve and stat audio -> plan windows and splits -> fingerprint (a current
-cache stops here) -> fetch (threads, one S3 client) -> decode, cut, augment, featurize (worker processes,
-one BLAS thread each) -> per-recording shards -> finalize. Memory stays flat: at most a few recordings
-are in flight between the download threads and the workers.
+Data flows one way: parse -> resolve and stat audio (a bucket listing) -> fingerprint (a current cache
+stops here, before the tokenizer loads) -> plan windows and splits -> fetch (threads, one S3 client) ->
+decode, cut, augment, featurize (worker processes, one BLAS thread each, see worker.py) -> per-recording
+shards -> finalize. Memory stays flat: at most a few recordings are in flight between the download
+threads and the workers.
 """
 
 from __future__ import annotations
@@ -25,16 +26,15 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from whisper_pipeline import __version__
-from whisper_pipeline.annotations import AnnotationSettings, Skip, load_export, parse_export
-from whisper_pipeline.audio import (
-    AudioDecodeError,
-    AugmentationSettings,
-    augment,
-    augmentation_seed,
-    cut,
-    decode_audio,
-    limit_threads,
+from whisper_pipeline.annotations import (
+    AnnotationSettings,
+    ParsedExport,
+    RegionKind,
+    Skip,
+    load_export,
+    parse_export,
 )
+from whisper_pipeline.audio import AugmentationSettings
 from whisper_pipeline.audio_sources import (
     AudioRef,
     AudioSourceError,
@@ -46,7 +46,7 @@ from whisper_pipeline.audio_sources import (
     preflight,
     read_bytes,
     resolve_audio_uri,
-    stat,
+    stat_all,
 )
 from whisper_pipeline.cache import (
     FORMAT_VERSION,
@@ -63,10 +63,11 @@ from whisper_pipeline.cache import (
     stable_hash,
 )
 from whisper_pipeline.config import parse_config, to_plain_dict
-from whisper_pipeline.constants import CHUNK_SECONDS, SAMPLE_RATE
+from whisper_pipeline.constants import CHUNK_SECONDS
 from whisper_pipeline.errors import CacheError, ConfigError, ModelError, PipelineError, exit_on_user_error
 from whisper_pipeline.features import LabelEncoder, LogMelFeaturizer
 from whisper_pipeline.segments import TRAIN, VALIDATION, Window, assign_splits, pack_windows
+from whisper_pipeline.worker import RecordingOutcome, RecordingWork, init_worker, process_recording
 
 EXIT_TOO_MANY_FAILURES = 1
 # Errors of a full, read-only or forbidden output folder: the user's to fix, said in one line.
@@ -145,27 +146,6 @@ class TooManyFailures(PipelineError):
 
 
 @dataclass(frozen=True)
-class RecordingWork:
-    """Everything a worker needs for one recording (picklable; no clients, no locks)."""
-
-    key: str
-    audio_uri: str
-    split: str
-    windows: tuple[Window, ...]
-    copies: int
-
-
-@dataclass(frozen=True)
-class RecordingOutcome:
-    """What a worker made of one recording."""
-
-    rows: list[dict[str, Any]]
-    skips: list[Skip]
-    audio_seconds: float  # clean window seconds that made it into the cache
-    failed: bool  # the recording as a whole could not be used
-
-
-@dataclass(frozen=True)
 class RecordingResult:
     """One recording's part of the build, whichever way it was obtained."""
 
@@ -178,66 +158,6 @@ class RecordingResult:
 class PrepareSummary:
     report: dict[str, Any]
     current: bool  # True when the cache was already current and nothing was rebuilt
-
-
-# --- worker processes -------------------------------------------------------------------------------
-
-_worker_state: dict[str, Any] = {}
-
-
-def _init_worker(model_dir: str, augmentation: AugmentationSettings, seed: int) -> None:
-    """Per worker process: one BLAS thread, the feature extractor loaded once."""
-    from transformers import WhisperFeatureExtractor
-
-    limit_threads()
-    _worker_state["featurizer"] = LogMelFeaturizer(WhisperFeatureExtractor.from_pretrained(model_dir))
-    _worker_state["augmentation"] = augmentation
-    _worker_state["seed"] = seed
-
-
-def process_recording(work: RecordingWork, data: bytes) -> RecordingOutcome:
-    """Decode once, then cut, augment and featurize every window of the recording."""
-    featurizer: LogMelFeaturizer = _worker_state["featurizer"]
-    try:
-        samples = decode_audio(data, name=work.audio_uri)
-    except AudioDecodeError as error:
-        skip = Skip(error.reason, work.windows[0].task_id, work.audio_uri, str(error))
-        return RecordingOutcome([], [skip], 0.0, failed=True)
-    rows: list[dict[str, Any]] = []
-    skips: list[Skip] = []
-    seconds = 0.0
-    for window in work.windows:
-        try:
-            clean = cut(samples, window.start, window.end)
-        except AudioDecodeError as error:
-            skips.append(Skip(error.reason, window.task_id, work.audio_uri, f"{window.window_id}: {error}"))
-            continue
-        seconds += len(clean) / SAMPLE_RATE
-        for copy_index in range(work.copies + 1):
-            variant = clean
-            if copy_index:
-                seed = augmentation_seed(_worker_state["seed"], window.window_id, copy_index)
-                variant = augment(clean, _worker_state["augmentation"], seed)
-                if len(variant) > CHUNK_SECONDS * SAMPLE_RATE:
-                    skips.append(Skip("augmented_over_30s", window.task_id, work.audio_uri, window.window_id))
-                    continue
-            features = featurizer.compute(variant)
-            rows.append(
-                {
-                    "input_features": features.frames,
-                    "pad_value": features.pad_value,
-                    "labels": list(window.labels),
-                    "text": window.text,
-                    "audio_uri": work.audio_uri,
-                    "task_id": window.task_id,
-                    "segment_id": window.window_id,
-                    "start": window.start,
-                    "end": window.end,
-                    "augmentation": copy_index,
-                    "recording_key": work.key,
-                }
-            )
-    return RecordingOutcome(rows, skips, seconds, failed=not rows)
 
 
 # --- the stage --------------------------------------------------------------------------------------
@@ -253,21 +173,7 @@ def run_prepare(
     model_dir = Path(args.model)
     _check_model_dir(model_dir)
     s3 = _S3Access(S3Settings.from_env(os.environ if environ is None else environ))
-
-    raw = _read_annotations(args.annotations, s3)
-    parsed = parse_export(load_export(raw, source=args.annotations), args.annotation_settings)
-    skips: list[Skip] = list(parsed.skips)
-    encoder = LabelEncoder(_load_tokenizer(model_dir), args.language, args.task)
-    refs, windows_by_uri, plan_skips = _plan_windows(parsed.tasks, encoder, args, s3.settings)
-    skips.extend(plan_skips)
-
-    buckets = sorted({ref.bucket for ref in refs.values() if ref.kind == "s3"})
-    if buckets:
-        preflight(s3.client(), buckets)
-    infos, stat_skips = _stat_all(refs, windows_by_uri, s3, args.download_concurrency)
-    skips.extend(stat_skips)
-    splits = assign_splits(infos, seed=args.seed, val_fraction=args.val_fraction)
-
+    inputs = _gather_inputs(args, s3)
     settings = {
         "format_version": FORMAT_VERSION,
         "language": args.language,
@@ -280,105 +186,21 @@ def run_prepare(
         "max_window_seconds": args.max_window_seconds,
         "processor": processor_fingerprint(model_dir),
     }
-    works = {
-        uri: _recording_work(uri, splits[uri], windows_by_uri[uri], infos[uri], settings, args, augmentation)
-        for uri in sorted(infos)
-    }
+    # Everything that shapes the cache, known before the tokenizer loads: a current cache stops here.
     fingerprint = stable_hash(
         {
             "settings": settings,
-            "annotations": hashlib.sha256(raw).hexdigest(),
-            "recordings": [work.key for work in works.values()],
-            "unavailable": sorted((skip.reason, skip.audio_uri) for skip in stat_skips),
+            "annotations": inputs.annotations_sha256,
+            "recordings": inputs.infos,
+            "unavailable": sorted((skip.reason, skip.audio_uri) for skip in inputs.unavailable),
         }
     )
-
     try:
         with exclusive_lock(layout.root):
             previous_report = read_report(layout.root)
             if not args.force and previous_report and previous_report.get("fingerprint") == fingerprint:
                 return PrepareSummary(previous_report, current=True)
-            features = cache_features(_num_mel_bins(model_dir))
-            store = ShardStore(layout, features)
-            previous = {} if args.force else previous_recordings(layout.root)
-            results = _build_recordings(works, refs, store, previous, args, augmentation, model_dir, s3)
-            for result in results.values():
-                skips.extend(Skip(**skip) for skip in result.meta["skips"])
-            recordings_total = len(windows_by_uri)
-            failed = len(stat_skips) + sum(1 for result in results.values() if result.meta["failed"])
-            by_reason = dict(sorted(Counter(skip.reason for skip in skips).items()))
-            if recordings_total and failed / recordings_total > args.max_skip_fraction:
-                raise TooManyFailures(
-                    f"{failed} of {recordings_total} recordings could not be used, more than "
-                    f"--max-skip-fraction {args.max_skip_fraction} (skips by reason: {by_reason}); "
-                    "the previous cache is untouched"
-                )
-            if not any(result.meta["rows"] for result in results.values()):
-                raise TooManyFailures(
-                    f"no usable windows, the cache would be empty (skips by reason: {by_reason})"
-                )
-
-            def make_report(cache_bytes: int) -> dict[str, Any]:
-                elapsed = time.perf_counter() - started
-                audio_seconds = {
-                    split: round(
-                        sum(r.meta["audio_seconds"] for r in results.values() if r.meta["split"] == split), 3
-                    )
-                    for split in (TRAIN, VALIDATION)
-                }
-                to_retry = sum(1 for r in results.values() if r.source is None)
-                return {
-                    "format_version": FORMAT_VERSION,
-                    # A build with downloads to retry is complete but not current: the next run retries them.
-                    "fingerprint": fingerprint if not to_retry else f"retry-needed:{fingerprint}",
-                    "processor_fingerprint": settings["processor"],
-                    "package_version": __version__,
-                    "model": str(model_dir),
-                    "annotations": args.annotations,
-                    "settings": {**to_plain_dict(args), "augmentation": asdict(augmentation)},
-                    "tasks": {
-                        "read": parsed.tasks_read,
-                        "used": len({w.task_id for work in works.values() for w in work.windows}),
-                    },
-                    "regions": dict(parsed.regions_by_kind),
-                    "recordings": {
-                        "total": recordings_total,
-                        "computed": sum(1 for r in results.values() if r.origin == "computed"),
-                        "resumed": sum(1 for r in results.values() if r.origin == "resumed"),
-                        "reused": sum(1 for r in results.values() if r.origin == "reused"),
-                        "failed": failed,
-                        "to_retry": to_retry,
-                    },
-                    "windows": {
-                        split: sum(r.meta["windows"] for r in results.values() if r.meta["split"] == split)
-                        for split in (TRAIN, VALIDATION)
-                    },
-                    "examples": {
-                        split: sum(r.meta["rows"] for r in results.values() if r.meta["split"] == split)
-                        for split in (TRAIN, VALIDATION)
-                    },
-                    "augmented_examples": sum(r.meta["augmented_rows"] for r in results.values()),
-                    "transfers": {
-                        "objects": s3.stats.objects,
-                        "bytes": s3.stats.bytes,
-                        "retries": s3.stats.retries,
-                    },
-                    "audio_seconds": audio_seconds,
-                    "skips": {
-                        "by_reason": by_reason,
-                        "items": [asdict(skip) for skip in skips],
-                    },
-                    "elapsed_seconds": round(elapsed, 3),
-                    "audio_seconds_per_second": round(sum(audio_seconds.values()) / elapsed, 2),
-                    "cache_bytes": cache_bytes,
-                }
-
-            sources = [result.source for result in results.values() if result.source is not None]
-            recordings = {
-                works[uri].key: dict(result.meta) for uri, result in results.items() if result.source
-            }
-            report = finalize(layout, sources, features, recordings, make_report)
-            store.clear()
+            report = _build(layout, inputs, settings, fingerprint, args, augmentation, model_dir, s3, started)
     except OSError as error:
         if error.errno not in _WRITE_ERRNOS:
             raise
@@ -387,6 +209,182 @@ def run_prepare(
             "; the previous cache is untouched: free space or fix the folder's permissions, then rerun"
         ) from None
     return PrepareSummary(dict(report), current=False)
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    """The export and the identity of every recording it names: all the fingerprint needs."""
+
+    annotations_sha256: str
+    parsed: ParsedExport
+    refs: dict[str, AudioRef]  # audio URI -> where it is, for recordings with transcribed speech
+    infos: dict[str, dict[str, Any]]  # audio URI -> size and ETag (or mtime)
+    unresolved: list[Skip]  # URIs that name no place we may read from
+    unavailable: list[Skip]  # recordings that cannot be read (missing, forbidden, failing)
+
+
+def _gather_inputs(args: PrepareArguments, s3: _S3Access) -> _Inputs:
+    raw = _read_annotations(args.annotations, s3)
+    parsed = parse_export(load_export(raw, source=args.annotations), args.annotation_settings)
+    refs: dict[str, AudioRef] = {}
+    task_of: dict[str, str] = {}
+    unresolved: list[Skip] = []
+    root = Path(args.local_files_root) if args.local_files_root else None
+    for task in parsed.tasks:
+        if task.audio_uri in refs or not any(region.kind is RegionKind.SPEECH for region in task.regions):
+            continue
+        try:
+            refs[task.audio_uri] = resolve_audio_uri(
+                task.audio_uri,
+                default_bucket=s3.settings.bucket_name,
+                local_files_root=root,
+                allowed_buckets=args.allowed_buckets or None,
+            )
+            task_of[task.audio_uri] = task.task_id
+        except UnresolvableAudioError as error:
+            unresolved.append(Skip(error.reason, task.task_id, task.audio_uri, str(error)))
+    buckets = sorted({ref.bucket for ref in refs.values() if ref.kind == "s3"})
+    if buckets:
+        preflight(s3.client(), buckets)
+    client = s3.client() if buckets else None
+    infos: dict[str, dict[str, Any]] = {}
+    unavailable: list[Skip] = []
+    for uri, info in sorted(stat_all(list(refs.values()), client, args.download_concurrency).items()):
+        if isinstance(info, AudioSourceError):
+            unavailable.append(Skip(info.reason, task_of[uri], uri, str(info)))
+        else:
+            infos[uri] = asdict(info)
+    return _Inputs(hashlib.sha256(raw).hexdigest(), parsed, refs, infos, unresolved, unavailable)
+
+
+def _build(
+    layout: CacheLayout,
+    inputs: _Inputs,
+    settings: Mapping[str, Any],
+    fingerprint: str,
+    args: PrepareArguments,
+    augmentation: AugmentationSettings,
+    model_dir: Path,
+    s3: _S3Access,
+    started: float,
+) -> Mapping[str, Any]:
+    """Plan windows and splits, compute what neither staged shards nor the previous cache hold, finalize."""
+    encoder = LabelEncoder(_load_tokenizer(model_dir), args.language, args.task)
+    windows_by_uri: dict[str, list[Window]] = {}
+    skips: list[Skip] = [*inputs.parsed.skips, *inputs.unresolved]
+    for task in inputs.parsed.tasks:
+        if task.audio_uri in inputs.refs:
+            windows, window_skips = pack_windows(task, encoder.encode, max_seconds=args.max_window_seconds)
+            skips.extend(window_skips)
+            if windows:
+                windows_by_uri.setdefault(task.audio_uri, []).extend(windows)
+    unavailable = [skip for skip in inputs.unavailable if skip.audio_uri in windows_by_uri]
+    skips.extend(unavailable)
+    infos = {uri: info for uri, info in inputs.infos.items() if uri in windows_by_uri}
+    splits = assign_splits(infos, seed=args.seed, val_fraction=args.val_fraction)
+    works = {
+        uri: _recording_work(uri, splits[uri], windows_by_uri[uri], infos[uri], settings, args, augmentation)
+        for uri in sorted(infos)
+    }
+    extractor = _load_feature_extractor(model_dir)
+    LogMelFeaturizer.for_extractor(extractor)  # refuses another geometry here, not in every worker
+    features = cache_features(extractor.feature_size)
+    store = ShardStore(layout, features)
+    previous = {} if args.force else previous_recordings(layout.root)
+    featurizer_args = (extractor.mel_filters, augmentation, args.seed)  # see worker.init_worker
+    results = _build_recordings(works, inputs.refs, store, previous, args, featurizer_args, s3)
+    for result in results.values():
+        skips.extend(Skip(**skip) for skip in result.meta["skips"])
+    recordings_total = len(windows_by_uri)
+    failed = len(unavailable) + sum(1 for result in results.values() if result.meta["failed"])
+    by_reason = dict(sorted(Counter(skip.reason for skip in skips).items()))
+    if recordings_total and failed / recordings_total > args.max_skip_fraction:
+        raise TooManyFailures(
+            f"{failed} of {recordings_total} recordings could not be used, more than "
+            f"--max-skip-fraction {args.max_skip_fraction} (skips by reason: {by_reason}); "
+            "the previous cache is untouched"
+        )
+    if not any(result.meta["rows"] for result in results.values()):
+        raise TooManyFailures(f"no usable windows, the cache would be empty (skips by reason: {by_reason})")
+
+    def make_report(cache_bytes: int) -> dict[str, Any]:
+        to_retry = sum(1 for result in results.values() if result.source is None)
+        return _report(
+            # A build with downloads to retry is complete but not current: the next run retries them.
+            fingerprint if not to_retry else f"retry-needed:{fingerprint}",
+            inputs, works, results, skips, (recordings_total, failed), settings, args, augmentation,
+            model_dir, s3,
+            elapsed=time.perf_counter() - started,
+            cache_bytes=cache_bytes,
+        )  # fmt: skip
+
+    sources = [result.source for result in results.values() if result.source is not None]
+    recordings = {works[uri].key: dict(result.meta) for uri, result in results.items() if result.source}
+    report = finalize(layout, sources, features, recordings, make_report)
+    store.clear()
+    return report
+
+
+def _report(
+    fingerprint: str,
+    inputs: _Inputs,
+    works: Mapping[str, RecordingWork],
+    results: Mapping[str, RecordingResult],
+    skips: Sequence[Skip],
+    total_and_failed: tuple[int, int],
+    settings: Mapping[str, Any],
+    args: PrepareArguments,
+    augmentation: AugmentationSettings,
+    model_dir: Path,
+    s3: _S3Access,
+    *,
+    elapsed: float,
+    cache_bytes: int,
+) -> dict[str, Any]:
+    """prepare_report.json: what was built from what, what was left out and why, and how fast."""
+
+    def per_split(field_name: str) -> dict[str, Any]:
+        return {
+            split: sum(r.meta[field_name] for r in results.values() if r.meta["split"] == split)
+            for split in (TRAIN, VALIDATION)
+        }
+
+    audio_seconds = {split: round(seconds, 3) for split, seconds in per_split("audio_seconds").items()}
+    origins = Counter(result.origin for result in results.values())
+    return {
+        "format_version": FORMAT_VERSION,
+        "fingerprint": fingerprint,
+        "processor_fingerprint": settings["processor"],
+        "package_version": __version__,
+        "model": str(model_dir),
+        "annotations": args.annotations,
+        "settings": {**to_plain_dict(args), "augmentation": asdict(augmentation)},
+        "tasks": {
+            "read": inputs.parsed.tasks_read,
+            "used": len({w.task_id for work in works.values() for w in work.windows}),
+        },
+        "regions": dict(inputs.parsed.regions_by_kind),
+        "recordings": {
+            "total": total_and_failed[0],
+            "computed": origins["computed"],
+            "resumed": origins["resumed"],
+            "reused": origins["reused"],
+            "failed": total_and_failed[1],
+            "to_retry": sum(1 for result in results.values() if result.source is None),
+        },
+        "windows": per_split("windows"),
+        "examples": per_split("rows"),
+        "augmented_examples": sum(r.meta["augmented_rows"] for r in results.values()),
+        "transfers": {"objects": s3.stats.objects, "bytes": s3.stats.bytes, "retries": s3.stats.retries},
+        "audio_seconds": audio_seconds,
+        "skips": {
+            "by_reason": dict(sorted(Counter(skip.reason for skip in skips).items())),
+            "items": [asdict(skip) for skip in skips],
+        },
+        "elapsed_seconds": round(elapsed, 3),
+        "audio_seconds_per_second": round(sum(audio_seconds.values()) / elapsed, 2),
+        "cache_bytes": cache_bytes,
+    }
 
 
 def _recording_work(
@@ -434,10 +432,10 @@ def _load_tokenizer(model_dir: Path):
     return WhisperTokenizerFast.from_pretrained(str(model_dir))
 
 
-def _num_mel_bins(model_dir: Path) -> int:
+def _load_feature_extractor(model_dir: Path):
     from transformers import WhisperFeatureExtractor
 
-    return WhisperFeatureExtractor.from_pretrained(str(model_dir)).feature_size
+    return WhisperFeatureExtractor.from_pretrained(str(model_dir))
 
 
 class _S3Access:
@@ -471,57 +469,6 @@ def _read_annotations(location: str, s3: _S3Access) -> bytes:
     return path.read_bytes()
 
 
-def _plan_windows(
-    tasks, encoder: LabelEncoder, args: PrepareArguments, settings: S3Settings
-) -> tuple[dict[str, AudioRef], dict[str, list[Window]], list[Skip]]:
-    """Resolve each task's audio and pack its regions into windows, grouped by recording."""
-    refs: dict[str, AudioRef] = {}
-    windows_by_uri: dict[str, list[Window]] = {}
-    skips: list[Skip] = []
-    root = Path(args.local_files_root) if args.local_files_root else None
-    for task in tasks:
-        try:
-            ref = refs.get(task.audio_uri) or resolve_audio_uri(
-                task.audio_uri,
-                default_bucket=settings.bucket_name,
-                local_files_root=root,
-                allowed_buckets=args.allowed_buckets or None,
-            )
-        except UnresolvableAudioError as error:
-            skips.append(Skip(error.reason, task.task_id, task.audio_uri, str(error)))
-            continue
-        windows, window_skips = pack_windows(task, encoder.encode, max_seconds=args.max_window_seconds)
-        skips.extend(window_skips)
-        if windows:
-            refs[task.audio_uri] = ref
-            windows_by_uri.setdefault(task.audio_uri, []).extend(windows)
-    return refs, windows_by_uri, skips
-
-
-def _stat_all(
-    refs: Mapping[str, AudioRef], windows_by_uri: Mapping[str, list[Window]], s3: _S3Access, concurrency: int
-) -> tuple[dict[str, dict[str, Any]], list[Skip]]:
-    """ETag/size of every recording (metadata only, concurrently): part of the fingerprint."""
-    needs_client = any(ref.kind == "s3" for ref in refs.values())
-    client = s3.client() if needs_client else None
-
-    def one(uri: str) -> tuple[str, Any]:
-        try:
-            return uri, asdict(stat(refs[uri], client))
-        except AudioSourceError as error:
-            return uri, error
-
-    infos: dict[str, dict[str, Any]] = {}
-    skips: list[Skip] = []
-    with ThreadPoolExecutor(max(1, concurrency)) as pool:
-        for uri, info in pool.map(one, sorted(windows_by_uri)):
-            if isinstance(info, AudioSourceError):
-                skips.append(Skip(info.reason, windows_by_uri[uri][0].task_id, uri, str(info)))
-            else:
-                infos[uri] = info
-    return infos, skips
-
-
 def _meta_of(work: RecordingWork, outcome: RecordingOutcome) -> dict[str, Any]:
     return {
         "split": work.split,
@@ -539,8 +486,7 @@ def _build_recordings(
     store: ShardStore,
     previous: Mapping[str, PreviousRecording],
     args: PrepareArguments,
-    augmentation: AugmentationSettings,
-    model_dir: Path,
+    featurizer_args: tuple[Any, ...],
     s3: _S3Access,
 ) -> dict[str, RecordingResult]:
     """Each recording from a staged shard, the previous cache, or computed now (in that order)."""
@@ -559,7 +505,7 @@ def _build_recordings(
         else:
             pending.append(work)
     if pending:
-        results.update(_compute(pending, refs, store, args, augmentation, model_dir, s3))
+        results.update(_compute(pending, refs, store, args, featurizer_args, s3))
     return {uri: results[uri] for uri in works}
 
 
@@ -568,8 +514,7 @@ def _compute(
     refs: Mapping[str, AudioRef],
     store: ShardStore,
     args: PrepareArguments,
-    augmentation: AugmentationSettings,
-    model_dir: Path,
+    featurizer_args: tuple[Any, ...],
     s3: _S3Access,
 ) -> dict[str, RecordingResult]:
     """Download threads feed worker processes through a bounded number of in-flight recordings."""
@@ -584,15 +529,15 @@ def _compute(
     results: dict[str, RecordingResult] = {}
     total_seconds = sum(window.duration for work in pending for window in work.windows)
     progress = tqdm(
-        total=round(total_seconds), unit="audio-s", unit_scale=True, desc=f"recordings 0/{len(pending)}"
+        total=total_seconds, unit="audio-s", unit_scale=True, desc=f"recordings 0/{len(pending)}"
     )
 
     with (
         ProcessPoolExecutor(
             num_workers,
             mp_context=multiprocessing.get_context("spawn"),
-            initializer=_init_worker,
-            initargs=(str(model_dir), augmentation, args.seed),
+            initializer=init_worker,
+            initargs=featurizer_args,
         ) as workers,
         ThreadPoolExecutor(max(1, args.download_concurrency)) as downloads,
     ):

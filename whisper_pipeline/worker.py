@@ -1,0 +1,104 @@
+"""The feature workers of prepare_data.py: one recording's bytes -> its cache rows.
+
+A module of its own so that a worker process imports only what it runs (decoding, augmentation, the
+log-mel): no transformers, datasets or S3 client. That keeps each worker's start-up and memory small; the
+main process validates the feature extractor and hands its mel filters over.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from whisper_pipeline.annotations import Skip
+from whisper_pipeline.audio import (
+    AudioDecodeError,
+    AugmentationSettings,
+    augment,
+    augmentation_seed,
+    cut,
+    decode_audio,
+    limit_threads,
+)
+from whisper_pipeline.constants import CHUNK_SECONDS, SAMPLE_RATE
+from whisper_pipeline.features import LogMelFeaturizer
+from whisper_pipeline.segments import Window
+
+
+@dataclass(frozen=True)
+class RecordingWork:
+    """Everything a worker needs for one recording (picklable; no clients, no locks)."""
+
+    key: str
+    audio_uri: str
+    split: str
+    windows: tuple[Window, ...]
+    copies: int
+
+
+@dataclass(frozen=True)
+class RecordingOutcome:
+    """What a worker made of one recording."""
+
+    rows: list[dict[str, Any]]
+    skips: list[Skip]
+    audio_seconds: float  # clean window seconds that made it into the cache
+    failed: bool  # the recording as a whole could not be used
+
+
+_state: dict[str, Any] = {}
+
+
+def init_worker(mel_filters: np.ndarray, augmentation: AugmentationSettings, seed: int) -> None:
+    """Per worker process: one BLAS thread, the log-mel built once."""
+    limit_threads()
+    _state["featurizer"] = LogMelFeaturizer(mel_filters)
+    _state["augmentation"] = augmentation
+    _state["seed"] = seed
+
+
+def process_recording(work: RecordingWork, data: bytes) -> RecordingOutcome:
+    """Decode once, then cut, augment and featurize every window of the recording."""
+    featurizer: LogMelFeaturizer = _state["featurizer"]
+    try:
+        samples = decode_audio(data, name=work.audio_uri)
+    except AudioDecodeError as error:
+        skip = Skip(error.reason, work.windows[0].task_id, work.audio_uri, str(error))
+        return RecordingOutcome([], [skip], 0.0, failed=True)
+    rows: list[dict[str, Any]] = []
+    skips: list[Skip] = []
+    seconds = 0.0
+    for window in work.windows:
+        try:
+            clean = cut(samples, window.start, window.end)
+        except AudioDecodeError as error:
+            skips.append(Skip(error.reason, window.task_id, work.audio_uri, f"{window.window_id}: {error}"))
+            continue
+        seconds += len(clean) / SAMPLE_RATE
+        for copy_index in range(work.copies + 1):
+            variant = clean
+            if copy_index:
+                seed = augmentation_seed(_state["seed"], window.window_id, copy_index)
+                variant = augment(clean, _state["augmentation"], seed)
+                if len(variant) > CHUNK_SECONDS * SAMPLE_RATE:
+                    skips.append(Skip("augmented_over_30s", window.task_id, work.audio_uri, window.window_id))
+                    continue
+            features = featurizer.compute(variant)
+            rows.append(
+                {
+                    "input_features": features.frames,
+                    "pad_value": features.pad_value,
+                    "labels": list(window.labels),
+                    "text": window.text,
+                    "audio_uri": work.audio_uri,
+                    "task_id": window.task_id,
+                    "segment_id": window.window_id,
+                    "start": window.start,
+                    "end": window.end,
+                    "augmentation": copy_index,
+                    "recording_key": work.key,
+                }
+            )
+    return RecordingOutcome(rows, skips, seconds, failed=not rows)
