@@ -5,18 +5,22 @@
 Builds (or reuses) a small feature cache from the synthetic corpus of benchmarks/prepare.py, then measures
 on this machine:
 
-1. the input path alone, as the Trainer runs it: open_cache, the numpy-formatted training split,
-   WhisperDataCollator and a torch DataLoader, in examples per second with 0 loader workers (one core, the
-   Trainer's default without CUDA) and with min(4, cores) workers (its default with CUDA);
+1. the input path alone, as the Trainer runs it: open_cache, the training split as CacheRows (views of
+   the Arrow rows), WhisperDataCollator (compact float16 batches) and a torch DataLoader, in examples per
+   second with 0 loader workers (one core, the Trainer's default without CUDA) and with min(4, cores)
+   workers (its default with CUDA); and `model_inputs`, the padding to the model's [8, 80, 3000] input
+   that WhisperTrainer does on the device, here on this CPU (counted as input cost on this CPU);
 2. one training step of whisper-base with a LoRA adapter (r 32 on the default targets, batch 8, fp32 on
    this CPU, AdamW), timed over a few steps after a warm-up, and its FLOPs (torch's FlopCounterMode);
 3. the input time the training loop actually waits for per step when a step takes as long as an H100's or
    an H100 MIG 1g.10gb slice's would: a loop that sleeps one estimated step between batches and times
-   each `next()`.
+   each `next()`, with 0 workers and with the workers; plus the device padding on those GPUs, estimated
+   from the bytes it moves.
 
 The GPU step times are ESTIMATES, not measurements: the measured FLOPs of the step divided by a documented
 peak (see H100_BF16_DENSE_FLOPS) at the best documented utilisation (MFU). A 74 M-parameter model reaches
 far less than that, so the estimated steps are lower bounds and the input share they give an upper bound.
+The device padding time on those GPUs is an estimate too: its memory traffic over the documented bandwidth.
 """
 
 from __future__ import annotations
@@ -45,7 +49,9 @@ from benchmarks.prepare import (
     write_export,
 )
 from whisper_pipeline.audio import AugmentationSettings
+from whisper_pipeline.batches import CacheRows, model_inputs
 from whisper_pipeline.cache import open_cache
+from whisper_pipeline.constants import N_FRAMES
 from whisper_pipeline.modeling import (
     configure_spec_augment,
     load_base_model,
@@ -56,7 +62,6 @@ from whisper_pipeline.prepare import PrepareArguments, run_prepare
 from whisper_pipeline.pretrained import ensure_pretrained
 from whisper_pipeline.train import (
     DEFAULT_LEARNING_RATE,
-    MODEL_COLUMNS,
     DataArguments,
     LoraArguments,
     WhisperDataCollator,
@@ -67,6 +72,14 @@ from whisper_pipeline.train import (
 H100_BF16_DENSE_FLOPS = 989.4e12
 # NVIDIA Multi-Instance GPU User Guide, H100 80GB profiles: 1g.10gb is one of 7 compute slices.
 MIG_1G_SHARE = 1 / 7
+# NVIDIA H100 datasheet: H100 SXM GPU memory bandwidth 3.35 TB/s; the MIG User Guide gives a 1g.10gb slice
+# 1 of the 8 memory slices of an H100 80GB, and memory bandwidth in proportion.
+H100_MEMORY_BYTES_PER_S = 3.35e12
+MIG_1G_MEMORY_SHARE = 1 / 8
+# model_inputs on a GPU: the cast and the where read and write the compact frames, the cat reads them and
+# writes the padded input: at most 6 passes over the padded bf16 input's bytes.
+PADDING_PASSES = 6
+BF16_BYTES = 2
 # PaLM (Chowdhery et al. 2022, arXiv:2204.02311, Table 3): 46.2% model FLOPs utilisation, the best
 # documented figure for training at scale; whisper-base (74 M parameters, batch 8) gets far less.
 BEST_DOCUMENTED_MFU = 0.462
@@ -74,11 +87,14 @@ SOURCES = {
     "h100_bf16_dense_flops": "NVIDIA H100 datasheet: 1,979 TFLOPS BF16 with sparsity, 989.4 dense",
     "mig_1g_share": "NVIDIA MIG User Guide, H100 80GB: 1g.10gb is 1 of 7 compute slices",
     "mfu": "PaLM, Chowdhery et al. 2022 (arXiv:2204.02311), Table 3: 46.2% MFU",
+    "h100_memory_bandwidth": "NVIDIA H100 datasheet: H100 SXM 3.35 TB/s",
+    "mig_1g_memory_share": "NVIDIA MIG User Guide, H100 80GB: 1g.10gb has 1 of 8 memory slices",
 }
 ESTIMATE_NOTE = (
     "GPU steps are estimates, not measurements: the measured FLOPs of the step / (H100 BF16 dense peak "
     "989.4 TFLOPS; 1/7 of it for a MIG 1g.10gb slice) at 46.2% MFU, the best documented; real steps of so "
-    "small a model are longer, so these are lower bounds."
+    "small a model are longer, so these are lower bounds. Device padding on them: 6 passes over the padded "
+    "bf16 input at the H100 SXM's 3.35 TB/s (1/8 of it on a MIG 1g.10gb slice), kernel launches not counted."
 )
 GOAL_INPUT_SHARE = 0.02
 TRAINER_CUDA_WORKERS = 4  # PipelineTrainingArguments' default dataloader_num_workers with CUDA
@@ -100,7 +116,7 @@ def build_cache(workdir: Path, model: Path, recordings: int) -> Path:
 
 
 def _loader(
-    dataset, collator: WhisperDataCollator, batch_size: int, workers: int, batches: int
+    dataset: CacheRows, collator: WhisperDataCollator, batch_size: int, workers: int, batches: int
 ) -> DataLoader:
     """Random batches with replacement, so that a small cache feeds any number of batches."""
     sampler = RandomSampler(dataset, replacement=True, num_samples=batch_size * batches)
@@ -115,7 +131,7 @@ def _loader(
 
 
 def loader_throughput(
-    dataset, collator: WhisperDataCollator, batch_size: int, workers: int, batches: int
+    dataset: CacheRows, collator: WhisperDataCollator, batch_size: int, workers: int, batches: int
 ) -> float:
     """Examples per second, free-running, after WARMUP_BATCHES (worker start-up excluded)."""
     iterator = iter(_loader(dataset, collator, batch_size, workers, batches + WARMUP_BATCHES))
@@ -127,8 +143,29 @@ def loader_throughput(
     return batch_size * batches / (time.perf_counter() - started)
 
 
+def cpu_padding(
+    dataset: CacheRows, collator: WhisperDataCollator, batch_size: int, batches: int
+) -> dict[str, float]:
+    """Mean seconds of `model_inputs` per batch on this CPU (fp32, the model's dtype here), and the mean
+    bytes of the compact features the loader hands over, against those of the padded float32 input."""
+    loaded = list(_loader(dataset, collator, batch_size, 0, batches + WARMUP_BATCHES))
+    for batch in loaded[:WARMUP_BATCHES]:
+        model_inputs(batch, dtype=torch.float32, device="cpu")
+    started = time.perf_counter()
+    for batch in loaded[WARMUP_BATCHES:]:
+        padded = model_inputs(batch, dtype=torch.float32, device="cpu")["input_features"]
+    seconds = (time.perf_counter() - started) / batches
+    compact = sum(batch["input_features"].nbytes for batch in loaded[WARMUP_BATCHES:]) / batches
+    return {"seconds": seconds, "compact_bytes": compact, "padded_fp32_bytes": float(padded.nbytes)}
+
+
 def waited_per_step(
-    dataset, collator: WhisperDataCollator, batch_size: int, workers: int, batches: int, step_s: float
+    dataset: CacheRows,
+    collator: WhisperDataCollator,
+    batch_size: int,
+    workers: int,
+    batches: int,
+    step_s: float,
 ) -> float:
     """Mean seconds the training loop waits in next() when each step takes `step_s` (slept: the CPU is free
     for the loader meanwhile, as it is while a GPU computes)."""
@@ -172,7 +209,7 @@ def training_step(
     )
 
     def step() -> None:
-        batch = next(batches)
+        batch = model_inputs(next(batches), dtype=torch.float32, device="cpu")  # as WhisperTrainer does
         loss = model(input_features=batch["input_features"], labels=batch["labels"]).loss
         loss.backward()
         optimizer.step()
@@ -199,53 +236,70 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     ensure_pretrained(model)
     cache_dir = build_cache(workdir, model, args.recordings)
     cache = open_cache(cache_dir, model_dir=model)
-    train = cache.train.with_format("numpy", columns=MODEL_COLUMNS)  # as train.py's _splits gives it
+    train = CacheRows(cache.train)  # as train.py's _splits gives it
     collator = WhisperDataCollator(WhisperConfig.from_pretrained(model).decoder_start_token_id)
     workers = min(TRAINER_CUDA_WORKERS, CORES)
     batch = args.batch_size
+    counts = (0, workers)
 
     print(f"loader throughput on {len(train)} training rows ...", flush=True)
     throughput = {
-        count: loader_throughput(train, collator, batch, count, args.loader_batches) for count in (0, workers)
+        count: loader_throughput(train, collator, batch, count, args.loader_batches) for count in counts
     }
+    padding = cpu_padding(train, collator, batch, args.loader_batches)
     print("training step ...", flush=True)
     step_batches = iter(_loader(train, collator, batch, 0, args.steps + 1))
     cpu_step = training_step(model, step_batches, args.steps)
     h100_step = cpu_step["flops"] / (H100_BF16_DENSE_FLOPS * BEST_DOCUMENTED_MFU)
     mig_step = h100_step / MIG_1G_SHARE
+    padding_traffic = PADDING_PASSES * BF16_BYTES * batch * train[0].frames.shape[1] * N_FRAMES
+    device_padding = {
+        "h100": padding_traffic / H100_MEMORY_BYTES_PER_S,
+        "mig_1g": padding_traffic / (H100_MEMORY_BYTES_PER_S * MIG_1G_MEMORY_SHARE),
+    }
+    gpu_steps = {"h100": h100_step, "mig_1g": mig_step}
     print("waiting time per step at the estimated GPU step times ...", flush=True)
     waits = {
-        name: waited_per_step(train, collator, batch, workers, args.loader_batches, step_s)
-        for name, step_s in (("h100", h100_step), ("mig_1g", mig_step))
+        name: {
+            str(count): waited_per_step(train, collator, batch, count, args.loader_batches, step_s)
+            for count in counts
+        }
+        for name, step_s in gpu_steps.items()
     }
-    input_cpu = batch / throughput[0]  # on CPU the Trainer loads in the training process (0 workers)
+    # On CPU the Trainer loads in the training process (0 workers) and pads there too.
+    input_cpu = batch / throughput[0] + padding["seconds"]
+    gpu_input = {name: waits[name][str(workers)] + device_padding[name] for name in gpu_steps}
     shares = {
         "cpu": input_cpu / cpu_step["seconds"],
-        "h100": waits["h100"] / h100_step,
-        "mig_1g": waits["mig_1g"] / mig_step,
+        **{name: gpu_input[name] / gpu_steps[name] for name in gpu_steps},
     }
     goals = [
         {
-            "goal": f"input < {GOAL_INPUT_SHARE:.0%} of a step: this CPU (measured; 0 loader workers)",
+            "goal": f"input < {GOAL_INPUT_SHARE:.0%} of a step: this CPU (measured; 0 workers, padding)",
             "measured": f"{shares['cpu']:.2%} ({1000 * input_cpu:.1f} ms of {cpu_step['seconds']:.2f} s)",
             "passed": shares["cpu"] < GOAL_INPUT_SHARE,
         },
-        {
-            "goal": f"input < {GOAL_INPUT_SHARE:.0%} of a step: H100 (estimated; {workers} loader workers)",
-            "measured": f"{shares['h100']:.2%} ({1000 * waits['h100']:.2f} ms of {1000 * h100_step:.1f} ms)",
-            "passed": shares["h100"] < GOAL_INPUT_SHARE,
-        },
-        {
-            "goal": f"input < {GOAL_INPUT_SHARE:.0%} of a step: MIG 1g.10gb (estimated; {workers} workers)",
-            "measured": f"{shares['mig_1g']:.2%} ({1000 * waits['mig_1g']:.2f} of {1000 * mig_step:.1f} ms)",
-            "passed": shares["mig_1g"] < GOAL_INPUT_SHARE,
-        },
+        *(
+            {
+                "goal": f"input < {GOAL_INPUT_SHARE:.0%} of a step: {label} (estimated; {workers} loader "
+                "workers, device padding)",
+                "measured": f"{shares[name]:.2%} ({1000 * gpu_input[name]:.3f} ms of "
+                f"{1000 * gpu_steps[name]:.1f} ms)",
+                "passed": shares[name] < GOAL_INPUT_SHARE,
+            }
+            for name, label in (("h100", "H100"), ("mig_1g", "MIG 1g.10gb"))
+        ),
     ]
     document = {
         "machine": {"cores": CORES, "load_average_at_end": os.getloadavg()},
         "cache": {"rows": len(train), "recordings": args.recordings, "fingerprint": cache.fingerprint},
         "batch_size": batch,
         "loader_examples_per_second": {str(count): round(value, 1) for count, value in throughput.items()},
+        "cpu_padding": {
+            "seconds_per_batch": round(padding["seconds"], 6),
+            "compact_feature_bytes_per_batch": round(padding["compact_bytes"]),
+            "padded_fp32_bytes_per_batch": round(padding["padded_fp32_bytes"]),
+        },
         "cpu_step": {
             key: round(value, 4) if isinstance(value, float) else value for key, value in cpu_step.items()
         },
@@ -254,8 +308,13 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             "sources": SOURCES,
             "h100_step_seconds": round(h100_step, 6),
             "mig_1g_step_seconds": round(mig_step, 6),
+            "h100_device_padding_seconds": round(device_padding["h100"], 7),
+            "mig_1g_device_padding_seconds": round(device_padding["mig_1g"], 7),
         },
-        "waited_per_step_seconds": {name: round(value, 6) for name, value in waits.items()},
+        "waited_per_step_seconds": {
+            name: {count: round(value, 6) for count, value in by_count.items()}
+            for name, by_count in waits.items()
+        },
         "input_share_of_step": {name: round(value, 5) for name, value in shares.items()},
         "goals": goals,
     }
@@ -267,10 +326,24 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
 def markdown(document: Mapping[str, Any], workers: int) -> str:
     throughput, batch = document["loader_examples_per_second"], document["batch_size"]
     estimates, waits = document["estimates"], document["waited_per_step_seconds"]
-    cpu = document["cpu_step"]
+    cpu, padding = document["cpu_step"], document["cpu_padding"]
+    pad_s = padding["seconds_per_batch"]
     loader = [
-        [f"input path, {count} loader workers", f"{value:.0f}", f"{1000 * batch / value:.1f} ms"]
+        [f"loader, {count} workers", f"{value:.0f}", f"{1000 * batch / value:.2f} ms"]
         for count, value in throughput.items()
+    ]
+    input_s = batch / throughput["0"] + pad_s
+    loader += [
+        [
+            f"padding to [{batch}, 80, 3000] fp32 on this CPU (on a GPU: on the device)",
+            f"{batch / pad_s:.0f}",
+            f"{1000 * pad_s:.2f} ms",
+        ],
+        [
+            "input path on this CPU: loader (0 workers) + padding",
+            f"{batch / input_s:.0f}",
+            f"{1000 * input_s:.2f} ms",
+        ],
     ]
     steps = [
         [
@@ -289,12 +362,17 @@ def markdown(document: Mapping[str, Any], workers: int) -> str:
             f"{1000 * estimates['mig_1g_step_seconds']:.1f} ms",
         ],
     ]
+    labels = {"h100": "H100", "mig_1g": "MIG 1g.10gb"}
     waited = [
-        [f"waited in next() per step at the H100 step ({workers} workers)", f"{1000 * waits['h100']:.3f} ms"],
+        [f"waited in next() per step at the {labels[name]} step ({count} workers)", f"{1000 * value:.3f} ms"]
+        for name, by_count in waits.items()
+        for count, value in by_count.items()
+    ] + [
         [
-            f"waited in next() per step at the MIG 1g.10gb step ({workers} workers)",
-            f"{1000 * waits['mig_1g']:.3f} ms",
-        ],
+            f"device padding per step, {labels[name]} (estimate)",
+            f"{1000 * estimates[f'{name}_device_padding_seconds']:.4f} ms",
+        ]
+        for name in labels
     ]
     goals = [
         [goal["goal"], goal["measured"], "PASS" if goal["passed"] else "FAIL"] for goal in document["goals"]
@@ -302,7 +380,9 @@ def markdown(document: Mapping[str, Any], workers: int) -> str:
     return "\n\n".join(
         [
             f"**Training input vs a training step (batch {batch}, whisper-base + LoRA r 32, "
-            f"{cpu['flops'] / 1e12:.2f} TFLOP per step)**",
+            f"{cpu['flops'] / 1e12:.2f} TFLOP per step; compact features "
+            f"{padding['compact_feature_bytes_per_batch'] / 1e6:.2f} MB per batch, padded fp32 input "
+            f"{padding['padded_fp32_bytes_per_batch'] / 1e6:.2f} MB)**",
             markdown_table(["", "examples per second", "per batch"], loader + steps),
             markdown_table(["", "time"], waited),
             ESTIMATE_NOTE + " Sources: " + "; ".join(SOURCES.values()) + ".",

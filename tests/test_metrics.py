@@ -9,6 +9,7 @@ from transformers import WhisperForConditionalGeneration, WhisperProcessor
 from transformers.models.whisper.english_normalizer import BasicTextNormalizer
 from transformers.trainer_utils import EvalPrediction
 
+from whisper_pipeline.batches import CacheRows, model_inputs
 from whisper_pipeline.cache import open_cache
 from whisper_pipeline.metrics import ComputeMetrics, normalize_for_scoring, score, utterance_wers
 from whisper_pipeline.modeling import configure_generation
@@ -100,7 +101,7 @@ def test_trainer_evaluation_scores_generated_text_not_teacher_forced_argmax(
 ):
     """The Trainer's eval WER equals a manual generate + score, and differs from scoring logits' argmax."""
     validation = open_cache(prepared_cache, model_dir=tiny_model_dir).validation
-    rows = validation.with_format("numpy", columns=["input_features", "pad_value", "labels"])
+    rows = CacheRows(validation)
     model = WhisperForConditionalGeneration.from_pretrained(str(tiny_model_dir)).eval()
     configure_generation(model, language="vi", task="transcribe")
     collator = WhisperDataCollator(model.config.decoder_start_token_id)
@@ -118,7 +119,7 @@ def test_trainer_evaluation_scores_generated_text_not_teacher_forced_argmax(
     )
     evaluated = trainer.evaluate()
 
-    batch = collator([rows[i] for i in range(len(rows))])
+    batch = model_inputs(collator(rows.take(range(len(rows)))), dtype=torch.float32, device="cpu")
     references = metrics.decode(batch["labels"].numpy())
     with torch.no_grad():
         generated = model.generate(batch["input_features"], max_length=24)

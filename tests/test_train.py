@@ -1,5 +1,6 @@
 """train_model.py on a real cache with the tiny model: outputs, reload, continue, resume, DDP, user errors."""
 
+import dataclasses
 import json
 import re
 import shutil
@@ -7,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
@@ -15,11 +15,17 @@ from safetensors.torch import load_file
 from transformers import WhisperProcessor
 
 from whisper_pipeline import __version__
+from whisper_pipeline.batches import CacheRows, model_inputs
 from whisper_pipeline.cache import open_cache
 from whisper_pipeline.features import pad_features
 from whisper_pipeline.metrics import ComputeMetrics, score
 from whisper_pipeline.modeling import configure_generation, load_base_model, load_trained
-from whisper_pipeline.train import WhisperDataCollator, main, parse_arguments
+from whisper_pipeline.train import (
+    WhisperDataCollator,
+    _finalize_training_args,
+    main,
+    parse_arguments,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 EVAL_BATCH = 8
@@ -85,20 +91,37 @@ def test_seed_config_reproduces_the_seed_run():
     assert training.greater_is_better is False and data.spec_augment is False
 
 
-def test_collator_pads_features_to_30_s_and_labels_with_ignore_index(validation, tiny_model_dir):
-    rows = validation.with_format("numpy", columns=["input_features", "pad_value", "labels"])
-    rows = [rows[i] for i in range(min(3, len(rows)))]
+def test_persistent_loader_workers_only_with_workers():
+    *_, training = parse_arguments(
+        ["--dataloader-num-workers", "0", "--dataloader-persistent-workers", "true"]
+    )
+    assert not _finalize_training_args(training, "fp32", None).dataloader_persistent_workers  # torch refuses
+
+
+def test_collator_batches_compactly_and_device_padding_restores_pad_features_exactly(
+    validation, tiny_model_dir
+):
+    rows = CacheRows(validation).take(range(min(3, len(validation))))
     start = WhisperProcessor.from_pretrained(str(tiny_model_dir)).tokenizer.convert_tokens_to_ids(
         "<|startoftranscript|>"
     )
-    without_start = {**rows[-1], "labels": rows[-1]["labels"][1:]}
-    batch = WhisperDataCollator(start)([*rows, without_start])
+    without_start = dataclasses.replace(rows[-1], labels=rows[-1].labels[1:])
+    rows = [*rows, without_start]
+    batch = WhisperDataCollator(start)(rows)
     features, labels = batch["input_features"], batch["labels"]
-    assert features.dtype == torch.float32
-    assert features.shape == (len(rows) + 1, rows[0]["input_features"].shape[1], 3000)
-    assert np.array_equal(features[0].numpy(), pad_features(rows[0]["input_features"], rows[0]["pad_value"]))
-    for row, ids in zip([*rows, without_start], labels, strict=True):
-        expected = row["labels"][1:] if row["labels"][0] == start else row["labels"]
+    assert features.dtype == torch.float16  # the cache's frames, padded only to the longest row
+    assert features.shape == (len(rows), max(len(row.frames) for row in rows), rows[0].frames.shape[1])
+    assert batch["num_frames"].tolist() == [len(row.frames) for row in rows]
+    assert len(set(batch["num_frames"].tolist())) > 1  # rows shorter than the batch: padded on the device
+    for dtype in (torch.float32, torch.bfloat16):
+        inputs = model_inputs(batch, dtype=dtype, device="cpu")
+        assert set(inputs) == {"input_features", "labels"}  # the model never sees the compact keys
+        assert inputs["input_features"].dtype == dtype
+        for row, padded in zip(rows, inputs["input_features"], strict=True):
+            expected = torch.from_numpy(pad_features(row.frames, row.pad_value)).to(dtype)
+            assert torch.equal(padded, expected)  # float16 -> float32 is exact, so is the padding
+    for row, ids in zip(rows, labels, strict=True):
+        expected = row.labels[1:] if row.labels[0] == start else row.labels
         assert ids[: len(expected)].tolist() == expected.tolist()
         assert (ids[len(expected) :] == -100).all()
     assert (labels[:, 0] != start).all()
@@ -153,15 +176,16 @@ def test_saved_adapter_reloads_and_reproduces_the_saved_validation_metrics(
     tokenizer = WhisperProcessor.from_pretrained(str(output_dir / "adapter")).tokenizer
     collate = WhisperDataCollator(model.config.decoder_start_token_id)
     decode = ComputeMetrics(tokenizer).decode
-    rows = validation.with_format("numpy", columns=["input_features", "pad_value", "labels"])
+    rows = CacheRows(validation)
     references, hypotheses = [], []
     for start in range(0, len(rows), EVAL_BATCH):  # the run's evaluation batches
-        batch = collate([rows[i] for i in range(start, min(start + EVAL_BATCH, len(rows)))])
+        batch = collate(rows.take(range(start, min(start + EVAL_BATCH, len(rows)))))
+        inputs = model_inputs(batch, dtype=torch.float32, device="cpu")
         with torch.no_grad():
             generated = model.generate(
-                input_features=batch["input_features"], max_length=GENERATION_MAX_LENGTH
+                input_features=inputs["input_features"], max_length=GENERATION_MAX_LENGTH
             )
-        references += decode(batch["labels"].numpy())
+        references += decode(inputs["labels"].numpy())
         hypotheses += decode(generated.numpy())
     assert hypotheses == [p["hypothesis"] for p in predictions]
     reproduced = score(references, hypotheses)

@@ -25,11 +25,11 @@ import torch
 from tqdm.auto import tqdm
 
 from whisper_pipeline.audio import AugmentationSettings
+from whisper_pipeline.batches import CacheRows, feature_batch, model_inputs
 from whisper_pipeline.cache import PreparedCache, open_cache
 from whisper_pipeline.config import parse_config
 from whisper_pipeline.constants import MAX_TARGET_POSITIONS
 from whisper_pipeline.errors import ConfigError, exit_on_user_error
-from whisper_pipeline.features import pad_features
 from whisper_pipeline.metrics import normalize_for_scoring, score, utterance_wers
 from whisper_pipeline.modeling import (
     PRECISIONS,
@@ -94,9 +94,9 @@ class EvaluateArguments:
 
 @dataclass(frozen=True)
 class Utterances:
-    """What is evaluated: features ready for the model, references, and where each comes from."""
+    """What is evaluated: the cache rows (features), references, and where each comes from."""
 
-    features: Any  # a datasets.Dataset in numpy format: input_features, pad_value
+    features: CacheRows
     references: list[str]
     sources: list[dict[str, Any]]  # segment_id, audio_uri, start, end
     language: str
@@ -123,7 +123,7 @@ def load_utterances(args: EvaluateArguments) -> Utterances:
         raise ConfigError("the cache report does not say its language/task: pass --language and --task")
     source = args.annotations or f"{cache.root} ({split})"
     return Utterances(
-        features=rows.with_format("numpy", columns=["input_features", "pad_value"]),
+        features=CacheRows(rows),
         references=list(rows["text"]),
         sources=rows.select_columns(["segment_id", "audio_uri", "start", "end"]).to_list(),
         language=language,
@@ -163,12 +163,9 @@ def transcribe_features(
     total = len(utterances.references)
     with torch.inference_mode():
         for start in tqdm(range(0, total, batch_size), desc=f"evaluating {label}", unit="batch"):
-            batch = utterances.features[start : start + batch_size]
-            features = np.stack(
-                [pad_features(f, p) for f, p in zip(batch["input_features"], batch["pad_value"], strict=True)]
-            )
+            batch = feature_batch(utterances.features.take(range(start, min(start + batch_size, total))))
             ids = model.generate(
-                input_features=torch.from_numpy(features).to(device=device, dtype=dtype),
+                **model_inputs(batch, dtype=dtype, device=device),
                 language=utterances.language,
                 task=utterances.task,
                 max_new_tokens=max_new_tokens,

@@ -1,8 +1,8 @@
 """A local S3 server (moto) for the embedded demo, the benchmarks and the tests: no Docker, no network.
 
-Plain HTTP through moto's ThreadedMotoServer, or TLS through the `moto_server` command with a server
-certificate signed by a private CA generated on the spot: the client trusts it only through a CA bundle
-path, exactly like a MinIO behind a corporate CA.
+The `moto_server` command in a process of its own, over plain HTTP or over TLS with a server certificate
+signed by a private CA generated on the spot: the client trusts it only through a CA bundle path, exactly
+like a MinIO behind a corporate CA.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime
 import http.client
 import ipaddress
-import logging
 import socket
 import ssl
 import subprocess
@@ -105,7 +104,6 @@ class LocalS3Server:
         self.port = port or free_port()
         self.ca_bundle: Path | None = None
         self._process: subprocess.Popen | None = None
-        self._threaded = None
         self._client = None
 
     @property
@@ -141,27 +139,26 @@ class LocalS3Server:
 
     def __enter__(self) -> LocalS3Server:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        # A process of its own, as a real S3 is: its requests never wait on the caller's GIL.
+        moto_server = Path(sys.executable).with_name("moto_server")
+        command = [str(moto_server), "-H", "127.0.0.1", "-p", str(self.port)]
         if self.tls:
             self.ca_bundle, cert, key = write_certificates(self.workdir / "certs")
-            moto_server = Path(sys.executable).with_name("moto_server")
-            command = [str(moto_server), "-H", "127.0.0.1", "-p", str(self.port), "-s", "-c", str(cert)]
-            with open(self.workdir / "moto_server.log", "wb") as log:  # quiet here, kept for a failed start
-                self._process = subprocess.Popen([*command, "-k", str(key)], stdout=log, stderr=log)
-            self._wait_ready()
-        else:
-            from moto.server import ThreadedMotoServer
-
-            logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request on stderr
-            self._threaded = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
-            self._threaded.start()
+            command += ["-s", "-c", str(cert), "-k", str(key)]
+        with open(self.workdir / "moto_server.log", "wb") as log:  # quiet here, kept for a failed start
+            self._process = subprocess.Popen(command, stdout=log, stderr=log)
+        self._wait_ready()
         return self
 
     def _wait_ready(self) -> None:
-        """Until an HTTPS request trusting only our CA gets an answer (the port opens before TLS works)."""
-        context = ssl.create_default_context(cafile=str(self.ca_bundle))
+        """Until a request (over TLS: trusting only our CA) is answered; the port opens before TLS works."""
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline and self._process.poll() is None:
-            connection = http.client.HTTPSConnection("127.0.0.1", self.port, context=context, timeout=2)
+            if self.ca_bundle is None:
+                connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+            else:
+                context = ssl.create_default_context(cafile=str(self.ca_bundle))
+                connection = http.client.HTTPSConnection("127.0.0.1", self.port, context=context, timeout=2)
             try:
                 connection.request("GET", "/")
                 connection.getresponse().read()
@@ -177,9 +174,6 @@ class LocalS3Server:
         )
 
     def __exit__(self, *exc_info) -> None:
-        if self._threaded is not None:
-            self._threaded.stop()
-            self._threaded = None
         if self._process is not None:
             self._process.terminate()
             try:

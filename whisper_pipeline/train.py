@@ -35,11 +35,11 @@ from transformers.trainer_utils import get_last_checkpoint
 from transformers.training_args import IntervalStrategy, SaveStrategy
 
 from whisper_pipeline import __version__
+from whisper_pipeline.batches import CacheRow, CacheRows, feature_batch, model_inputs
 from whisper_pipeline.cache import PreparedCache, open_cache
 from whisper_pipeline.config import parse_config, to_plain_dict
-from whisper_pipeline.constants import MAX_TARGET_POSITIONS
+from whisper_pipeline.constants import MAX_TARGET_POSITIONS, N_FRAMES
 from whisper_pipeline.errors import ConfigError, exit_on_user_error
-from whisper_pipeline.features import pad_features
 from whisper_pipeline.metrics import IGNORE_INDEX, ComputeMetrics, utterance_wers
 from whisper_pipeline.modeling import (
     DEFAULT_TARGET_MODULES,
@@ -56,7 +56,6 @@ from whisper_pipeline.modeling import (
     save_adapter,
 )
 
-MODEL_COLUMNS = ["input_features", "pad_value", "labels"]
 SCORES = ("wer", "cer", "normalized_wer", "normalized_cer")
 ADAPTER_DIR = "adapter"
 METRICS_FILE = "metrics.json"
@@ -168,8 +167,14 @@ def _default_pin_memory() -> bool:
 
 
 def _default_workers() -> int:
-    """Loader workers pad features while the GPU computes; on CPU they would compete with training."""
+    """Loader workers read and batch rows while the GPU computes; on CPU they would compete with training."""
     return 4 if torch.cuda.is_available() else 0
+
+
+def _default_persistent_workers() -> bool:
+    """Workers kept across epochs and evaluations: restarting them (a fork and a first batch each) before
+    every epoch and every evaluation would stall the GPU for longer than their batches take."""
+    return _default_workers() > 0
 
 
 @dataclass
@@ -217,7 +222,8 @@ class PipelineTrainingArguments(Seq2SeqTrainingArguments):
         metadata={"help": "Loggers (TensorBoard: <output_dir>/runs)."},
     )
     remove_unused_columns: bool = field(
-        default=False, metadata={"help": "Keep False: the collator needs pad_value, which forward() lacks."}
+        default=False,
+        metadata={"help": "Nothing to remove: the collator builds the model's inputs from whole cache rows."},
     )
     label_names: list[str] | None = field(
         default_factory=lambda: ["labels"], metadata={"help": "Keep: a peft model's forward() hides it."}
@@ -228,7 +234,14 @@ class PipelineTrainingArguments(Seq2SeqTrainingArguments):
     )
     dataloader_pin_memory: bool = field(
         default_factory=_default_pin_memory,
-        metadata={"help": "Pinned host memory (default: with CUDA only)."},
+        metadata={
+            "help": "Pinned host memory (default: with CUDA only): batches reach the training loop through "
+            "the loader's pinning thread, which also takes receiving them from the workers off that loop."
+        },
+    )
+    dataloader_persistent_workers: bool = field(
+        default_factory=_default_persistent_workers,
+        metadata={"help": "Keep loader workers across epochs and evaluations (default: when there are any)."},
     )
     ddp_find_unused_parameters: bool | None = field(
         default=False, metadata={"help": "Every adapter weight gets a gradient every step: no search needed."}
@@ -237,7 +250,9 @@ class PipelineTrainingArguments(Seq2SeqTrainingArguments):
 
 @dataclass(frozen=True)
 class WhisperDataCollator:
-    """Cache rows -> a Whisper batch: log-mel padded back to 30 s, labels padded with -100.
+    """Cache rows -> a compact Whisper batch (see batches.py): features padded to the batch's longest row,
+    their frame counts and pad values, labels padded with -100; WhisperTrainer pads the features to 30 s
+    on the device.
 
     Holds the one token id it needs (no globals). The cache's labels start with <|startoftranscript|>,
     which the model prepends itself when it shifts labels into decoder inputs: it is stripped here, or
@@ -246,18 +261,30 @@ class WhisperDataCollator:
 
     decoder_start_token_id: int
 
-    def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
-        features = np.stack([pad_features(row["input_features"], row["pad_value"]) for row in rows])
-        labels = [np.asarray(row["labels"], dtype=np.int64) for row in rows]
+    def __call__(self, rows: Sequence[CacheRow]) -> dict[str, torch.Tensor]:
+        labels = [row.labels for row in rows]
         labels = [ids[1:] if len(ids) and ids[0] == self.decoder_start_token_id else ids for ids in labels]
         padded = np.full((len(labels), max(len(ids) for ids in labels)), IGNORE_INDEX, dtype=np.int64)
         for row, ids in enumerate(labels):
             padded[row, : len(ids)] = ids
-        return {"input_features": torch.from_numpy(features), "labels": torch.from_numpy(padded)}
+        return {**feature_batch(rows), "labels": torch.from_numpy(padded)}
 
 
 class WhisperTrainer(Seq2SeqTrainer):
-    """Seq2SeqTrainer with generation under autocast and exact distributed evaluation."""
+    """Seq2SeqTrainer with device-side feature padding, generation under autocast and exact distributed
+    evaluation."""
+
+    def _prepare_inputs(self, inputs: dict[str, torch.Tensor | Any]) -> dict[str, torch.Tensor | Any]:
+        # training_step and both prediction_steps (loss only, and generate) take their inputs from here.
+        # Features in the compute dtype: autocast casts them to it for conv1 anyway, so the values are equal.
+        dtype = torch.bfloat16 if self.args.bf16 else torch.float16 if self.args.fp16 else torch.float32
+        return model_inputs(super()._prepare_inputs(inputs), dtype=dtype, device=self.args.device)
+
+    def floating_point_ops(self, inputs: dict[str, torch.Tensor | Any]) -> int:
+        # The Trainer's estimate counts the model input's elements: those of the padded input, as before.
+        rows, _, n_mels = inputs["input_features"].shape
+        padded = torch.empty(rows, n_mels, N_FRAMES, device="meta")
+        return super().floating_point_ops({"input_features": padded})
 
     def evaluation_loop(self, *args, **kwargs):
         # Seq2SeqTrainer gathers with plain `gather` for num_return_sequences > 1 (transformers #27025), which
@@ -273,10 +300,10 @@ class WhisperTrainer(Seq2SeqTrainer):
 
 @dataclass(frozen=True)
 class Splits:
-    """The rows the Trainer sees (numpy model columns) and where each validation row comes from."""
+    """The rows the Trainer sees and where each validation row comes from."""
 
-    train: datasets.Dataset
-    validation: datasets.Dataset
+    train: CacheRows
+    validation: CacheRows
     validation_sources: list[dict[str, Any]]  # segment_id, audio_uri, start, end; in validation order
 
 
@@ -424,7 +451,7 @@ def _language_and_task(model_args: ModelArguments, report: Mapping[str, Any]) ->
 
 
 def _splits(cache: PreparedCache) -> Splits:
-    """Training rows (augmented copies included) and clean validation rows, as numpy model columns.
+    """Training rows (augmented copies included) and clean validation rows, as CacheRows.
 
     Selected in memory: the cache folder is never written to (and DDP processes never race on it).
     """
@@ -438,8 +465,8 @@ def _splits(cache: PreparedCache) -> Splits:
         )
     validation = cache.validation.select(clean, keep_in_memory=True)
     return Splits(
-        train=cache.train.with_format("numpy", columns=MODEL_COLUMNS),
-        validation=validation.with_format("numpy", columns=MODEL_COLUMNS),
+        train=CacheRows(cache.train),
+        validation=CacheRows(validation),
         validation_sources=validation.select_columns(["segment_id", "audio_uri", "start", "end"]).to_list(),
     )
 
@@ -502,6 +529,8 @@ def _finalize_training_args(
     if not torch.cuda.is_available():
         # Without it the Trainer neither makes torchrun's CPU processes one (gloo) group nor allows bf16.
         changes["use_cpu"] = True
+    if not training_args.dataloader_num_workers:
+        changes["dataloader_persistent_workers"] = False  # the DataLoader refuses it without workers
     if resume:
         changes["eval_on_start"] = False  # the checkpoint's log history already holds the baseline
     return dataclasses.replace(training_args, **changes)
