@@ -528,9 +528,7 @@ def _compute(
     client = s3.client() if needs_client else None
     results: dict[str, RecordingResult] = {}
     total_seconds = sum(window.duration for work in pending for window in work.windows)
-    progress = tqdm(
-        total=total_seconds, unit="audio-s", unit_scale=True, desc=f"recordings 0/{len(pending)}"
-    )
+    progress = tqdm(total=total_seconds, unit="audio-s", unit_scale=True, desc=f"recordings 0/{len(pending)}")
 
     with (
         ProcessPoolExecutor(
