@@ -8,7 +8,9 @@ Run with --help for every setting. S3 settings come from the environment or .env
 
 import sys
 
-from whisper_pipeline.prepare import main
-
 if __name__ == "__main__":
+    # Imported here, not above: each feature worker process imports this script again (multiprocessing's
+    # spawn), and should load only the lean whisper_pipeline.worker, not the whole stage.
+    from whisper_pipeline.prepare import main
+
     sys.exit(main())
