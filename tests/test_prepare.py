@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import datasets
 import numpy as np
+import psutil
 import pytest
 from transformers import WhisperFeatureExtractor, WhisperTokenizerFast
 
@@ -190,33 +192,59 @@ def _cli_args(corpus, model_dir: Path, output_dir: Path) -> list[str]:
     ]  # fmt: skip
 
 
-def run_with_kills(
-    command: list[str], env: dict[str, str], kills: int, seed: int
-) -> subprocess.CompletedProcess:
-    """Start the command, kill -9 its whole process group after a random delay, `kills` times; then finish."""
-    rng = random.Random(seed)
-    for _ in range(kills):
-        process = subprocess.Popen(
-            command,
-            cwd=REPO,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        time.sleep(rng.uniform(1.0, 12.0))
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+def _phase_of(process: psutil.Process, output_dir: Path, shards_before: int) -> str:
+    """Which phase of prepare_data.py the process is in, from what it has left in its output folder."""
+    if (output_dir / ".build").is_dir():
+        return "finalize"
+    staging = output_dir / ".staging"
+    if staging.is_dir() and len(list(staging.glob("*.json"))) > shards_before:
+        return "shards"
+    with contextlib.suppress(psutil.Error):
+        if process.children(recursive=True):
+            return "features"  # the worker pool is up: downloads and features run together
+    return "plan"  # parse, stat, fingerprint
 
 
-def test_kill_9_at_random_points_then_rerun_gives_the_identical_cache(
+def kill_in_phase(
+    command: list[str], env: dict[str, str], output_dir: Path, target: str, delay: float
+) -> str:
+    """Start prepare_data.py, kill -9 its process group `delay` s after it reaches `target`; the phase hit."""
+    staging = output_dir / ".staging"
+    shards_before = len(list(staging.glob("*.json"))) if staging.is_dir() else 0
+    process = psutil.Popen(
+        command,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    order = ["plan", "features", "shards", "finalize"]
+    deadline = time.monotonic() + 300
+    hit = "completed"
+    while process.poll() is None and time.monotonic() < deadline:
+        if order.index(_phase_of(process, output_dir, shards_before)) >= order.index(target):
+            time.sleep(delay)
+            hit = _phase_of(process, output_dir, shards_before) if process.poll() is None else "completed"
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            break
+        time.sleep(0.001)
+    process.wait()
+    return hit
+
+
+def test_kill_9_in_three_phases_then_rerun_gives_the_identical_cache(
     prepared_cache, staged_corpus, tiny_model_dir, tmp_path
 ):
     output_dir = tmp_path / "processed_data"
     env = {**os.environ, **staged_corpus.env}
-    result = run_with_kills(_cli_args(staged_corpus, tiny_model_dir, output_dir), env, kills=3, seed=1)
+    command = _cli_args(staged_corpus, tiny_model_dir, output_dir)
+    rng = random.Random(1)
+    plan = [("features", rng.uniform(0.0, 0.3)), ("shards", 0.0), ("finalize", rng.uniform(0.0, 0.01))]
+    hits = [kill_in_phase(command, env, output_dir, target, delay) for target, delay in plan]
+    assert "completed" not in hits, hits
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert cache_digest(output_dir) == cache_digest(prepared_cache)
     assert not (output_dir / ".staging").exists()

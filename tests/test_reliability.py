@@ -30,7 +30,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.fixtures.cache import prepare_arguments
-from tests.test_prepare import _cli_args, cache_digest
+from tests.test_prepare import _cli_args, cache_digest, kill_in_phase
 from whisper_pipeline.audio import AugmentationSettings
 from whisper_pipeline.cache import open_cache
 from whisper_pipeline.errors import PipelineError
@@ -317,48 +317,6 @@ def test_dockerignore_keeps_env_files_and_credentials_out_of_the_build_context(t
     assert {".env.example", "Dockerfile", "requirements.txt", "whisper_pipeline/prepare.py"} <= context
 
 
-def _phase_of(process: psutil.Process, output_dir: Path, shards_before: int) -> str:
-    """Which phase of prepare_data.py the process is in, from what it has left in its output folder."""
-    if (output_dir / ".build").is_dir():
-        return "finalize"
-    staging = output_dir / ".staging"
-    if staging.is_dir() and len(list(staging.glob("*.json"))) > shards_before:
-        return "shards"
-    with contextlib.suppress(psutil.Error):
-        if process.children(recursive=True):
-            return "features"  # the worker pool is up: downloads and features run together
-    return "plan"  # parse, stat, fingerprint
-
-
-def _kill_in_phase(
-    command: list[str], env: dict[str, str], output_dir: Path, target: str, delay: float
-) -> str:
-    """Start prepare_data.py, kill -9 its process group `delay` s after it reaches `target`; the phase hit."""
-    staging = output_dir / ".staging"
-    shards_before = len(list(staging.glob("*.json"))) if staging.is_dir() else 0
-    process = psutil.Popen(
-        command,
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    order = ["plan", "features", "shards", "finalize"]
-    deadline = time.monotonic() + 300
-    hit = "completed"
-    while process.poll() is None and time.monotonic() < deadline:
-        if order.index(_phase_of(process, output_dir, shards_before)) >= order.index(target):
-            time.sleep(delay)
-            hit = _phase_of(process, output_dir, shards_before) if process.poll() is None else "completed"
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            break
-        time.sleep(0.001)
-    process.wait()
-    return hit
-
-
 @pytest.mark.slow
 def test_kill_9_at_eleven_points_across_every_phase(prepared_cache, staged_corpus, tiny_model_dir, tmp_path):
     """Kills while planning, while downloading and featurizing, between shard writes and while finalizing;
@@ -371,7 +329,7 @@ def test_kill_9_at_eleven_points_across_every_phase(prepared_cache, staged_corpu
     plan += [("features", rng.uniform(0.0, 0.3)) for _ in range(3)]
     plan += [("shards", rng.uniform(0.0, 0.05)) for _ in range(4)]
     plan += [("finalize", rng.uniform(0.0, 0.01)) for _ in range(3)]
-    hits = [_kill_in_phase(command, env, output_dir, target, delay) for target, delay in plan]
+    hits = [kill_in_phase(command, env, output_dir, target, delay) for target, delay in plan]
     assert {"plan", "features", "shards", "finalize"} <= set(hits), hits
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
