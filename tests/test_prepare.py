@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import unicodedata
 from pathlib import Path
@@ -390,3 +391,22 @@ def test_user_errors_are_one_line_exit_2_before_heavy_work(
     assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "out" / "prepare_report.json").exists()
+
+
+def test_in_flight_recordings_are_bounded_by_count_and_bytes_and_a_large_one_goes_alone():
+    stop = threading.Event()
+    in_flight = prepare._InFlight(count=3, budget=100)
+    assert in_flight.acquire(60, stop) and in_flight.acquire(40, stop)
+    stop.set()
+    assert not in_flight.acquire(1, stop)  # over the byte budget: it waits, and gives up once stopped
+    in_flight.release(60)
+    in_flight.release(40)
+    stop.clear()
+    assert in_flight.acquire(500, stop)  # alone, a recording larger than the budget still goes
+    stop.set()
+    assert not in_flight.acquire(1, stop)
+    in_flight.release(500)
+    stop.clear()
+    assert all(in_flight.acquire(1, stop) for _ in range(3))
+    stop.set()
+    assert not in_flight.acquire(1, stop)  # the count bound

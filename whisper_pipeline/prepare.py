@@ -70,6 +70,7 @@ from whisper_pipeline.segments import TRAIN, VALIDATION, Window, assign_splits, 
 from whisper_pipeline.worker import RecordingOutcome, RecordingWork, init_worker, process_recording
 
 EXIT_TOO_MANY_FAILURES = 1
+IN_FLIGHT_BYTES = 256 * 2**20  # encoded audio downloaded and not yet featurized, at most (see _InFlight)
 # Errors of a full, read-only or forbidden output folder: the user's to fix, said in one line.
 _WRITE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT}
 
@@ -292,7 +293,8 @@ def _build(
     store = ShardStore(layout, features)
     previous = {} if args.force else previous_recordings(layout.root)
     featurizer_args = (extractor.mel_filters, augmentation, args.seed)  # see worker.init_worker
-    results = _build_recordings(works, inputs.refs, store, previous, args, featurizer_args, s3)
+    sizes = {uri: int(info["size"]) for uri, info in infos.items()}
+    results = _build_recordings(works, inputs.refs, sizes, store, previous, args, featurizer_args, s3)
     for result in results.values():
         skips.extend(Skip(**skip) for skip in result.meta["skips"])
     recordings_total = len(windows_by_uri)
@@ -483,6 +485,7 @@ def _meta_of(work: RecordingWork, outcome: RecordingOutcome) -> dict[str, Any]:
 def _build_recordings(
     works: Mapping[str, RecordingWork],
     refs: Mapping[str, AudioRef],
+    sizes: Mapping[str, int],
     store: ShardStore,
     previous: Mapping[str, PreviousRecording],
     args: PrepareArguments,
@@ -505,13 +508,43 @@ def _build_recordings(
         else:
             pending.append(work)
     if pending:
-        results.update(_compute(pending, refs, store, args, featurizer_args, s3))
+        results.update(_compute(pending, refs, sizes, store, args, featurizer_args, s3))
     return {uri: results[uri] for uri in works}
+
+
+class _InFlight:
+    """Recordings between the start of their download and their result: at most `count` of them and
+    `budget` bytes of encoded audio (a larger recording goes alone). Small files keep every download
+    thread busy behind a slow bucket; large ones cannot pile up in memory."""
+
+    def __init__(self, count: int, budget: int) -> None:
+        self._count, self._budget = count, budget
+        self._items = self._bytes = 0
+        self._changed = threading.Condition()
+
+    def acquire(self, size: int, stop: threading.Event) -> bool:
+        """Wait for room; False once `stop` is set."""
+        with self._changed:
+            while not self._fits(size):
+                if stop.is_set():
+                    return False
+                self._changed.wait(0.2)
+            self._items, self._bytes = self._items + 1, self._bytes + size
+            return True
+
+    def _fits(self, size: int) -> bool:
+        return self._items < self._count and (self._items == 0 or self._bytes + size <= self._budget)
+
+    def release(self, size: int) -> None:
+        with self._changed:
+            self._items, self._bytes = self._items - 1, self._bytes - size
+            self._changed.notify_all()
 
 
 def _compute(
     pending: Sequence[RecordingWork],
     refs: Mapping[str, AudioRef],
+    sizes: Mapping[str, int],
     store: ShardStore,
     args: PrepareArguments,
     featurizer_args: tuple[Any, ...],
@@ -519,7 +552,7 @@ def _compute(
 ) -> dict[str, RecordingResult]:
     """Download threads feed worker processes through a bounded number of in-flight recordings."""
     num_workers = args.num_workers or os.cpu_count() or 1
-    in_flight = threading.BoundedSemaphore(2 * num_workers + 2)
+    in_flight = _InFlight(max(1, args.download_concurrency) + 2 * num_workers, IN_FLIGHT_BYTES)
     stop = threading.Event()
     finished: queue.Queue[tuple[RecordingWork, Future | None, AudioSourceError | BaseException | None]] = (
         queue.Queue()
@@ -541,19 +574,19 @@ def _compute(
     ):
 
         def fetch_and_submit(work: RecordingWork) -> None:
-            while not in_flight.acquire(timeout=0.2):
-                if stop.is_set():
-                    return
+            size = sizes[work.audio_uri]
+            if not in_flight.acquire(size, stop):
+                return
             try:
                 data = read_bytes(refs[work.audio_uri], client, s3.stats)
                 future = workers.submit(process_recording, work, data)
             except BaseException as error:  # handed to the main thread, which decides
-                in_flight.release()
+                in_flight.release(size)
                 finished.put((work, None, error))
                 return
 
             def done(completed: Future) -> None:
-                in_flight.release()
+                in_flight.release(size)
                 finished.put((work, completed, None))
 
             future.add_done_callback(done)
@@ -579,7 +612,7 @@ def _compute(
                     )
                 progress.set_description(f"recordings {count}/{len(pending)}")
                 progress.set_postfix_str(f"{progress.n / 3600:.2f} of {total_seconds / 3600:.2f} audio-h")
-                progress.update(seconds)
+                progress.update(min(seconds, progress.total - progress.n))  # float sums may overshoot
         finally:
             stop.set()
             workers.shutdown(wait=True, cancel_futures=True)
