@@ -19,11 +19,8 @@ leaves a half-written model where a runtime would load it.
 
 from __future__ import annotations
 
-import os
-import shutil
 import sys
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,7 +29,7 @@ import yaml
 from whisper_pipeline.config import parse_config
 from whisper_pipeline.errors import ConfigError, ModelError, exit_on_user_error
 from whisper_pipeline.modeling import configure_generation, load_trained
-from whisper_pipeline.pretrained import _apply_umask as apply_umask
+from whisper_pipeline.pretrained import write_directory_atomically
 
 QUANTIZATIONS = ("int8_float16", "int8", "float16", "int8_float32", "float32")
 # What faster-whisper reads beside model.bin: the tokenizer and the feature extractor's mel-bin count.
@@ -86,24 +83,6 @@ def _check_output(output: Path, inputs: Sequence[Path]) -> None:
         raise ConfigError(f"--output {output} exists and is not a model folder: remove it or choose another")
 
 
-def write_atomically(output: Path, write: Callable[[Path], None]) -> None:
-    """`write(folder)` into a temporary sibling, then swapped in for `output` (replacing an older export)."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".partial", dir=output.parent))
-    try:
-        write(staging)
-        apply_umask(staging)
-        if output.exists():
-            retired = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".old", dir=output.parent))
-            os.rename(output, retired / output.name)
-            os.rename(staging, output)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.rename(staging, output)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)  # only left after a failure: the rename consumed it
-
-
 def training_language_and_task(adapter_dir: Path) -> tuple[str | None, str | None]:
     """The language and task the adapter was trained for, from train_config.yaml beside it (if any)."""
     try:
@@ -137,7 +116,7 @@ def merge(args: MergeArguments) -> Path:
         WhisperTokenizerFast.from_pretrained(str(processor_dir)).save_pretrained(str(folder))
         WhisperFeatureExtractor.from_pretrained(str(processor_dir)).save_pretrained(str(folder))
 
-    write_atomically(output, write)
+    write_directory_atomically(output, write)
     return output
 
 
@@ -166,7 +145,7 @@ def to_ctranslate2(args: CTranslate2Arguments) -> Path:
         converter = ctranslate2.converters.TransformersConverter(str(model_dir), copy_files=copied)
         converter.convert(str(folder), quantization=args.quantization, force=True)
 
-    write_atomically(output, write)
+    write_directory_atomically(output, write)
     return output
 
 

@@ -500,23 +500,31 @@ def build_atomically(output_dir: Path, identity: Mapping[str, Any], write: Calla
             f"{output_dir} exists and was not written by whisper_pipeline.pretrained; "
             "remove it or choose another --output"
         )
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", suffix=".partial", dir=output_dir.parent))
-    try:
+
+    def write_marked(staging: Path) -> None:
         write(staging)
         files = {path.name: _sha256(path) for path in sorted(staging.iterdir()) if path.is_file()}
-        _apply_umask(staging)
         marker = json.dumps({**identity, "files": files}, indent=2, sort_keys=True)
         (staging / MARKER).write_text(marker + "\n", encoding="utf-8")
-        if output_dir.exists():
-            retired = Path(
-                tempfile.mkdtemp(prefix=f".{output_dir.name}.", suffix=".old", dir=output_dir.parent)
-            )
-            os.rename(output_dir, retired / output_dir.name)
-            os.rename(staging, output_dir)
+
+    write_directory_atomically(output_dir, write_marked)
+
+
+def write_directory_atomically(output: Path, write: Callable[[Path], object]) -> None:
+    """`write(folder)` into a temporary sibling of `output`, then swapped in for it (replacing an older one):
+    readers see the old folder or the whole new one, never a half-written one."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".partial", dir=output.parent))
+    try:
+        write(staging)
+        _apply_umask(staging)
+        if output.exists():
+            retired = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".old", dir=output.parent))
+            os.rename(output, retired / output.name)
+            os.rename(staging, output)
             shutil.rmtree(retired, ignore_errors=True)
         else:
-            os.rename(staging, output_dir)
+            os.rename(staging, output)
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # only left after a failure: the rename consumed it
 
