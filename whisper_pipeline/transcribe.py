@@ -166,6 +166,19 @@ def read_audio(uris: Sequence[str], refs: Sequence[AudioRef], client) -> Iterato
             raise PipelineError(f"cannot read {error}") from None
 
 
+# faster-whisper decoding as transformers' `generate` does it by default: one pass at temperature 0, no
+# fallback, no conditioning on the previous window's text, no VAD or no-speech skipping.
+FASTER_WHISPER_DECODING = {
+    "best_of": 1,
+    "temperature": 0.0,
+    "condition_on_previous_text": False,
+    "vad_filter": False,
+    "compression_ratio_threshold": None,
+    "log_prob_threshold": None,
+    "no_speech_threshold": None,
+}
+
+
 def ctranslate2_transcriber(model_dir: Path, args: TranscribeArguments, language: str | None) -> Transcriber:
     """faster-whisper: the GPU when CTranslate2 sees one, the export's own weight type (converted on CPU)."""
     from faster_whisper import WhisperModel
@@ -182,19 +195,8 @@ def ctranslate2_transcriber(model_dir: Path, args: TranscribeArguments, language
     def transcribe(batch: list[tuple[str, np.ndarray]]) -> list[Transcript]:
         transcripts = []
         for uri, samples in batch:
-            segments, info = model.transcribe(
-                samples,
-                language=language,
-                task=args.task,
-                beam_size=args.beam_size,
-                best_of=1,
-                temperature=0.0,
-                condition_on_previous_text=False,
-                vad_filter=False,
-                compression_ratio_threshold=None,
-                log_prob_threshold=None,
-                no_speech_threshold=None,
-            )
+            options = {"language": language, "task": args.task, "beam_size": args.beam_size}
+            segments, info = model.transcribe(samples, **options, **FASTER_WHISPER_DECODING)
             found = [Segment(s.start, s.end, s.text) for s in segments]
             transcripts.append(_transcript(uri, samples, info.language, found))
         return transcripts
