@@ -52,19 +52,15 @@ from whisper_pipeline.audio import AugmentationSettings
 from whisper_pipeline.batches import CacheRows, model_inputs
 from whisper_pipeline.cache import open_cache
 from whisper_pipeline.constants import N_FRAMES
-from whisper_pipeline.modeling import (
-    configure_spec_augment,
-    load_base_model,
-    new_adapter,
-    prepare_for_training,
-)
 from whisper_pipeline.prepare import PrepareArguments, run_prepare
 from whisper_pipeline.pretrained import ensure_pretrained
 from whisper_pipeline.train import (
     DEFAULT_LEARNING_RATE,
     DataArguments,
     LoraArguments,
+    ModelArguments,
     WhisperDataCollator,
+    build_model,
 )
 
 # NVIDIA H100 Tensor Core GPU datasheet (nvidia.com/en-us/data-center/h100): H100 SXM BF16 Tensor Core
@@ -186,22 +182,13 @@ def training_step(
 ) -> dict[str, float]:
     """whisper-base + a new LoRA adapter as train_model.py builds it, fp32 on CPU: FLOPs of one step (the
     warm-up) and the mean time of `steps` more."""
-    lora, data = LoraArguments(), DataArguments()
-    model = load_base_model(model_dir, precision="fp32")
-    configure_spec_augment(
-        model,
-        enabled=data.spec_augment,
-        mask_time_prob=data.mask_time_prob,
-        mask_feature_prob=data.mask_feature_prob,
-    )
-    prepare_for_training(model, gradient_checkpointing=False)
-    model = new_adapter(
-        model,
-        r=lora.lora_r,
-        alpha=lora.lora_alpha,
-        dropout=lora.lora_dropout,
-        target_modules=lora.lora_target_modules,
-        unfreeze_conv=False,
+    model = build_model(
+        DataArguments(),
+        ModelArguments(model=str(model_dir)),
+        LoraArguments(),
+        language=LANGUAGE,
+        task="transcribe",
+        precision="fp32",
     )
     model.train()
     optimizer = torch.optim.AdamW(

@@ -327,6 +327,50 @@ def parse_arguments(
         raise ConfigError(f"invalid training settings: {str(error).strip().splitlines()[0]}") from None
 
 
+def build_model(
+    data_args: DataArguments,
+    model_args: ModelArguments,
+    lora_args: LoraArguments,
+    *,
+    language: str,
+    task: str,
+    precision: str,
+    quantization: str | None = None,
+    gradient_checkpointing: bool = False,
+):
+    """The base model ready to train: generation set for language and task, SpecAugment as set, and a new
+    LoRA adapter or the one to continue (what train_model.py trains and benchmarks/train_input.py times)."""
+    model = load_base_model(
+        Path(model_args.model),
+        precision=precision,
+        allow_pickle=model_args.allow_pickle,
+        quantization=quantization,
+    )
+    configure_generation(model, language=language, task=task)
+    configure_spec_augment(
+        model,
+        enabled=data_args.spec_augment,
+        mask_time_prob=data_args.mask_time_prob,
+        mask_feature_prob=data_args.mask_feature_prob,
+    )
+    prepare_for_training(model, gradient_checkpointing=gradient_checkpointing)
+    if model_args.adapter:
+        return continue_adapter(
+            model,
+            Path(model_args.adapter),
+            unfreeze_conv=model_args.unfreeze_conv,
+            allow_pickle=model_args.allow_pickle,
+        )
+    return new_adapter(
+        model,
+        r=lora_args.lora_r,
+        alpha=lora_args.lora_alpha,
+        dropout=lora_args.lora_dropout,
+        target_modules=lora_args.lora_target_modules,
+        unfreeze_conv=model_args.unfreeze_conv,
+    )
+
+
 def run_training(
     data_args: DataArguments,
     model_args: ModelArguments,
@@ -347,33 +391,16 @@ def run_training(
 
     processor = WhisperProcessor.from_pretrained(str(model_dir))
     set_seed(training_args.seed)  # before the adapter exists: its random LoRA A matrices depend on it
-    model = load_base_model(
-        model_dir, precision=precision, allow_pickle=model_args.allow_pickle, quantization=quantization
+    model = build_model(
+        data_args,
+        model_args,
+        lora_args,
+        language=language,
+        task=task,
+        precision=precision,
+        quantization=quantization,
+        gradient_checkpointing=bool(training_args.activation_checkpointing),
     )
-    configure_generation(model, language=language, task=task)
-    configure_spec_augment(
-        model,
-        enabled=data_args.spec_augment,
-        mask_time_prob=data_args.mask_time_prob,
-        mask_feature_prob=data_args.mask_feature_prob,
-    )
-    prepare_for_training(model, gradient_checkpointing=bool(training_args.activation_checkpointing))
-    if model_args.adapter:
-        model = continue_adapter(
-            model,
-            Path(model_args.adapter),
-            unfreeze_conv=model_args.unfreeze_conv,
-            allow_pickle=model_args.allow_pickle,
-        )
-    else:
-        model = new_adapter(
-            model,
-            r=lora_args.lora_r,
-            alpha=lora_args.lora_alpha,
-            dropout=lora_args.lora_dropout,
-            target_modules=lora_args.lora_target_modules,
-            unfreeze_conv=model_args.unfreeze_conv,
-        )
 
     output_dir = Path(training_args.output_dir)
     trainable, total = model.get_nb_trainable_parameters()
