@@ -310,12 +310,11 @@ def _build(
         raise TooManyFailures(f"no usable windows, the cache would be empty (skips by reason: {by_reason})")
 
     def make_report(cache_bytes: int) -> dict[str, Any]:
-        to_retry = sum(1 for result in results.values() if result.source is None)
         return _report(
-            # A build with downloads to retry is complete but not current: the next run retries them.
-            fingerprint if not to_retry else f"retry-needed:{fingerprint}",
-            inputs, works, results, skips, (recordings_total, failed), settings, args, augmentation,
+            fingerprint, inputs, works, results, skips, by_reason, settings, args, augmentation,
             model_dir, s3,
+            recordings_total=recordings_total,
+            failed=failed,
             elapsed=time.perf_counter() - started,
             cache_bytes=cache_bytes,
         )  # fmt: skip
@@ -333,13 +332,15 @@ def _report(
     works: Mapping[str, RecordingWork],
     results: Mapping[str, RecordingResult],
     skips: Sequence[Skip],
-    total_and_failed: tuple[int, int],
+    by_reason: Mapping[str, int],
     settings: Mapping[str, Any],
     args: PrepareArguments,
     augmentation: AugmentationSettings,
     model_dir: Path,
     s3: _S3Access,
     *,
+    recordings_total: int,
+    failed: int,
     elapsed: float,
     cache_bytes: int,
 ) -> dict[str, Any]:
@@ -353,9 +354,11 @@ def _report(
 
     audio_seconds = {split: round(seconds, 3) for split, seconds in per_split("audio_seconds").items()}
     origins = Counter(result.origin for result in results.values())
+    to_retry = sum(1 for result in results.values() if result.source is None)
     return {
         "format_version": FORMAT_VERSION,
-        "fingerprint": fingerprint,
+        # A build with downloads to retry is complete but not current: the next run retries them.
+        "fingerprint": fingerprint if not to_retry else f"retry-needed:{fingerprint}",
         "processor_fingerprint": settings["processor"],
         "package_version": __version__,
         "model": str(model_dir),
@@ -367,12 +370,12 @@ def _report(
         },
         "regions": dict(inputs.parsed.regions_by_kind),
         "recordings": {
-            "total": total_and_failed[0],
+            "total": recordings_total,
             "computed": origins["computed"],
             "resumed": origins["resumed"],
             "reused": origins["reused"],
-            "failed": total_and_failed[1],
-            "to_retry": sum(1 for result in results.values() if result.source is None),
+            "failed": failed,
+            "to_retry": to_retry,
         },
         "windows": per_split("windows"),
         "examples": per_split("rows"),
@@ -380,7 +383,7 @@ def _report(
         "transfers": {"objects": s3.stats.objects, "bytes": s3.stats.bytes, "retries": s3.stats.retries},
         "audio_seconds": audio_seconds,
         "skips": {
-            "by_reason": dict(sorted(Counter(skip.reason for skip in skips).items())),
+            "by_reason": dict(by_reason),
             "items": [asdict(skip) for skip in skips],
         },
         "elapsed_seconds": round(elapsed, 3),
