@@ -409,13 +409,12 @@ def _stage_seconds(
     worker. decode + resample + augment + log-mel is a worker's share; tokenize (window planning) and
     write (shards, then the final splits) the main process's. `worker_check` is process_recording timed
     whole: it should match the worker's stages."""
-    from transformers import WhisperFeatureExtractor, WhisperTokenizerFast
+    from transformers import WhisperTokenizerFast
 
     limit_threads()
     settings = AugmentationSettings()
-    extractor = WhisperFeatureExtractor.from_pretrained(str(model))
-    init_worker(extractor.mel_filters, settings, SEED)  # as in a worker: process_recording runs as there
-    featurizer = LogMelFeaturizer.for_extractor(extractor)
+    featurizer = LogMelFeaturizer.from_pretrained(model)
+    init_worker(featurizer, settings, SEED)  # as in a worker: process_recording runs as there
     encoder = LabelEncoder(WhisperTokenizerFast.from_pretrained(str(model)), LANGUAGE, "transcribe")
     workdir.mkdir(parents=True, exist_ok=True)
     export = write_export(recordings, workdir / "sample_export.json")
@@ -433,7 +432,7 @@ def _stage_seconds(
 
     layout = CacheLayout(workdir / "sample_cache")
     shutil.rmtree(layout.root, ignore_errors=True)
-    features = cache_features(extractor.feature_size)
+    features = cache_features(featurizer.n_mels)
     store = ShardStore(layout, features)
     sources: list[RowSource] = []
     by_name = {recording.uri: recording for recording in recordings}

@@ -14,6 +14,7 @@ import os
 import random
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 from collections.abc import Iterable, Iterator
@@ -24,7 +25,6 @@ from typing import IO, cast
 import numpy as np
 import soundfile as sf
 import soxr
-from audiomentations import AddGaussianNoise, Compose, Gain, PitchShift, TimeStretch
 
 from whisper_pipeline.constants import SAMPLE_RATE
 from whisper_pipeline.errors import ConfigError
@@ -271,7 +271,11 @@ class AugmentationSettings:
                 )
 
 
-def _chain(settings: AugmentationSettings) -> Compose:
+def _chain(settings: AugmentationSettings):
+    """The audiomentations Compose; imported here, in the workers that augment (it imports scipy.signal
+    and scipy.stats, 1.2 s), not in every process that reads AugmentationSettings."""
+    from audiomentations import AddGaussianNoise, Compose, Gain, PitchShift, TimeStretch
+
     return Compose(
         [
             Gain(min_gain_db=settings.gain_min_db, max_gain_db=settings.gain_max_db, p=settings.gain_p),
@@ -345,12 +349,13 @@ def limit_threads() -> None:
     """Call first in each worker process: one BLAS/OpenMP/torch thread per process.
 
     The pool already runs one process per core; threads inside each would oversubscribe the cores and
-    halve throughput. The environment variables cover libraries loaded after this call.
+    halve throughput. The environment variables cover libraries loaded after this call (torch included:
+    it reads OMP_NUM_THREADS when imported); torch is not imported here, the feature workers never need it.
     """
     for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[variable] = "1"
-    import torch
     from threadpoolctl import threadpool_limits
 
-    torch.set_num_threads(1)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
     threadpool_limits(limits=1)

@@ -7,13 +7,15 @@ audio-second) and that value; `pad_features` rebuilds the 80 x 3000 input the fe
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+import scipy.fft
 from numpy.typing import ArrayLike
 
 from whisper_pipeline.constants import (
@@ -28,7 +30,9 @@ from whisper_pipeline.constants import (
 from whisper_pipeline.errors import ConfigError, ModelError
 
 if TYPE_CHECKING:
-    from transformers import WhisperFeatureExtractor, WhisperTokenizer
+    from transformers import WhisperTokenizer
+
+PREPROCESSOR_CONFIG = "preprocessor_config.json"
 
 
 @dataclass(frozen=True)
@@ -41,42 +45,87 @@ class CompactFeatures:
 
 
 class LogMelFeaturizer:
-    """WhisperFeatureExtractor's log-mel, computed only over the frames the audio reaches.
+    """WhisperFeatureExtractor's log-mel, computed only over the frames the audio reaches, with numpy.
 
-    Same steps as the extractor's torch path: periodic Hann window, centred STFT with reflect padding,
-    power, the extractor's own mel filters, log10 of at least LOG_MEL_FLOOR, clamp to the maximum minus
-    LOG_MEL_DYNAMIC_RANGE, then (x + 4) / 4. Frame i covers samples [i*160 - 200, i*160 + 200) of the
-    zero-padded input, so frames from ceil((len + 200) / 160) on see only zeros; their log-mel is
+    The extractor's steps: periodic Hann window, centred STFT with reflect padding, power, the extractor's
+    own mel filters, log10 of at least LOG_MEL_FLOOR, clamp to the maximum minus LOG_MEL_DYNAMIC_RANGE,
+    then (x + 4) / 4, in float32. Frame i covers samples [i*160 - 200, i*160 + 200) of the zero-padded
+    input, so frames from ceil((len + 200) / 160) on see only zeros; their log-mel is
     log10(LOG_MEL_FLOOR), never above the audio's maximum, so the clamp is the same as over 30 s.
     A 2 s clip costs an STFT of 2 s instead of 30 s.
+
+    numpy and scipy.fft, not torch: the feature workers then start without importing torch (1.7 s and
+    190 MB each). Another FFT library rounds differently in the last float32 bit: the values stay within
+    1e-5 of the extractor's (its own numpy and torch paths differ by as much), far below the float16 step
+    the cache stores them in.
     """
 
     def __init__(self, mel_filters: np.ndarray) -> None:
-        """`mel_filters`: the extractor's [n_freqs, n_mels] matrix (see `for_extractor`)."""
-        self._mel_filters_t = torch.from_numpy(np.asarray(mel_filters, dtype=np.float32)).T
-        self._window = torch.hann_window(N_FFT)
-        self._silent_log_mel = torch.tensor(LOG_MEL_FLOOR, dtype=torch.float32).log10()
+        """`mel_filters`: the extractor's [n_freqs, n_mels] matrix (see `from_pretrained`)."""
+        self._mel_filters = np.asarray(mel_filters, dtype=np.float32)
+        if self._mel_filters.shape[0] != N_FFT // 2 + 1:
+            raise ValueError(
+                f"expected mel filters of {N_FFT // 2 + 1} frequencies, got {self._mel_filters.shape}"
+            )
+        self._window = np.hanning(N_FFT + 1)[:-1].astype(np.float32)  # periodic, as torch.hann_window
+        self._silent_log_mel = np.log10(np.float32(LOG_MEL_FLOOR))
+
+    @property
+    def mel_filters(self) -> np.ndarray:
+        """float32 [n_freqs, n_mels]."""
+        return self._mel_filters
+
+    @property
+    def n_mels(self) -> int:
+        return self._mel_filters.shape[1]
 
     @classmethod
-    def for_extractor(cls, feature_extractor: WhisperFeatureExtractor) -> LogMelFeaturizer:
-        """The extractor's log-mel, refused when its geometry or dithering would make it another one."""
-        geometry = (
-            feature_extractor.sampling_rate,
-            feature_extractor.n_fft,
-            feature_extractor.hop_length,
-            feature_extractor.n_samples,
-        )
+    def from_pretrained(cls, model_dir: Path) -> LogMelFeaturizer:
+        """The log-mel of the model directory's WhisperFeatureExtractor, without loading that class: its
+        module imports torch, which the main process of prepare_data.py does not otherwise need. The settings
+        come from its preprocessor_config.json, the mel filters are built as its constructor builds them.
+        Refuses another geometry or dithering, which would make it another log-mel."""
+        from transformers.audio_utils import mel_filter_bank
+
+        path = Path(model_dir) / PREPROCESSOR_CONFIG
+        try:
+            config = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise ModelError(f"cannot read the feature extractor settings {path}: {error}") from None
+        if not isinstance(config, dict):
+            raise ModelError(f"{path}: expected a JSON object")
+        sampling_rate = config.get("sampling_rate", SAMPLE_RATE)
+        n_fft = config.get("n_fft", N_FFT)
+        hop_length = config.get("hop_length", HOP_LENGTH)
+        n_samples = config.get("chunk_length", N_SAMPLES // SAMPLE_RATE) * sampling_rate
+        geometry = (sampling_rate, n_fft, hop_length, n_samples)
         if geometry != (SAMPLE_RATE, N_FFT, HOP_LENGTH, N_SAMPLES):
             raise ModelError(
-                "the feature extractor's (sampling rate, n_fft, hop, samples) are "
+                f"{path}: the feature extractor's (sampling rate, n_fft, hop, samples) are "
                 f"{geometry}, not Whisper's {(SAMPLE_RATE, N_FFT, HOP_LENGTH, N_SAMPLES)}"
             )
-        if feature_extractor.dither:
-            raise ModelError("the feature extractor dithers: the cached features would not be reproducible")
-        return cls(feature_extractor.mel_filters)
+        if config.get("dither", 0.0):
+            raise ModelError(
+                f"{path}: the feature extractor dithers, the cached features would not be reproducible"
+            )
+        feature_size = config.get("feature_size", 80)
+        if not isinstance(feature_size, int) or feature_size <= 0:
+            raise ModelError(f"{path}: feature_size must be a positive integer, got {feature_size!r}")
+        return cls(
+            mel_filter_bank(
+                num_frequency_bins=1 + N_FFT // 2,
+                num_mel_filters=feature_size,
+                min_frequency=0.0,
+                max_frequency=8000.0,
+                sampling_rate=SAMPLE_RATE,
+                norm="slaney",
+                mel_scale="slaney",
+            )
+        )
 
-    def compute(self, samples: np.ndarray) -> CompactFeatures:
-        """16 kHz mono samples (at most 30 s; segment longer audio first) -> the frames that hold audio."""
+    def log_mel(self, samples: np.ndarray) -> tuple[np.ndarray, np.float32]:
+        """16 kHz mono samples (at most 30 s) -> float32 [num_frames, n_mels] of the frames that hold audio,
+        and the value of every later frame."""
         if samples.ndim != 1 or len(samples) > N_SAMPLES:
             raise ValueError(f"expected mono audio of at most {N_SAMPLES} samples, got shape {samples.shape}")
         half = N_FFT // 2
@@ -86,22 +135,19 @@ class LogMelFeaturizer:
         padded[: len(samples)] = samples
         # the STFT's own centring: reflect at the start, and at the end only when the audio fills 30 s
         padded = np.pad(padded, (half, max(0, reach - N_SAMPLES)), mode="reflect")
-        spectrum = torch.stft(
-            torch.from_numpy(padded),
-            N_FFT,
-            HOP_LENGTH,
-            window=self._window,
-            center=False,
-            return_complex=True,
-        )
-        log_mel = torch.clamp(self._mel_filters_t @ (spectrum.abs() ** 2), min=LOG_MEL_FLOOR).log10()
-        floor = log_mel.max() - LOG_MEL_DYNAMIC_RANGE
-        frames = (torch.maximum(log_mel, floor) + 4.0) / 4.0
-        pad_value = (torch.maximum(self._silent_log_mel, floor) + 4.0) / 4.0
-        return CompactFeatures(
-            frames=np.ascontiguousarray(frames.T.numpy().astype(np.float16)),
-            pad_value=float(pad_value),
-        )
+        frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[::HOP_LENGTH]
+        spectrum = scipy.fft.rfft(frames * self._window, axis=-1, overwrite_x=True)
+        power = np.square(spectrum.real) + np.square(spectrum.imag)
+        log_mel = np.log10(np.maximum(power @ self._mel_filters, np.float32(LOG_MEL_FLOOR)))
+        floor = log_mel.max() - np.float32(LOG_MEL_DYNAMIC_RANGE)
+        frames_out = (np.maximum(log_mel, floor) + np.float32(4.0)) / np.float32(4.0)
+        pad_value = (np.maximum(self._silent_log_mel, floor) + np.float32(4.0)) / np.float32(4.0)
+        return frames_out, pad_value
+
+    def compute(self, samples: np.ndarray) -> CompactFeatures:
+        """16 kHz mono samples (at most 30 s; segment longer audio first) -> the frames that hold audio."""
+        frames, pad_value = self.log_mel(samples)
+        return CompactFeatures(frames=frames.astype(np.float16), pad_value=float(pad_value))
 
 
 def pad_features(frames: ArrayLike, pad_value: float, n_frames: int = N_FRAMES) -> np.ndarray:

@@ -17,8 +17,9 @@ import queue
 import threading
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -270,31 +271,34 @@ def _build(
     started: float,
 ) -> Mapping[str, Any]:
     """Plan windows and splits, compute what neither staged shards nor the previous cache hold, finalize."""
-    encoder = LabelEncoder(_load_tokenizer(model_dir), args.language, args.task)
-    windows_by_uri: dict[str, list[Window]] = {}
-    skips: list[Skip] = [*inputs.parsed.skips, *inputs.unresolved]
-    for task in inputs.parsed.tasks:
-        if task.audio_uri in inputs.refs:
-            windows, window_skips = pack_windows(task, encoder.encode, max_seconds=args.max_window_seconds)
-            skips.extend(window_skips)
-            if windows:
-                windows_by_uri.setdefault(task.audio_uri, []).extend(windows)
-    unavailable = [skip for skip in inputs.unavailable if skip.audio_uri in windows_by_uri]
-    skips.extend(unavailable)
-    infos = {uri: info for uri, info in inputs.infos.items() if uri in windows_by_uri}
-    splits = assign_splits(infos, seed=args.seed, val_fraction=args.val_fraction)
-    works = {
-        uri: _recording_work(uri, splits[uri], windows_by_uri[uri], infos[uri], settings, args, augmentation)
-        for uri in sorted(infos)
-    }
-    extractor = _load_feature_extractor(model_dir)
-    LogMelFeaturizer.for_extractor(extractor)  # refuses another geometry here, not in every worker
-    features = cache_features(extractor.feature_size)
-    store = ShardStore(layout, features)
-    previous = {} if args.force else previous_recordings(layout.root)
-    featurizer_args = (extractor.mel_filters, augmentation, args.seed)  # see worker.init_worker
-    sizes = {uri: int(info["size"]) for uri, info in infos.items()}
-    results = _build_recordings(works, inputs.refs, sizes, store, previous, args, featurizer_args, s3)
+    featurizer = LogMelFeaturizer.from_pretrained(model_dir)  # another log-mel is refused before any work
+    with _feature_workers(args, featurizer, augmentation) as workers:
+        encoder = LabelEncoder(_load_tokenizer(model_dir), args.language, args.task)
+        windows_by_uri: dict[str, list[Window]] = {}
+        skips: list[Skip] = [*inputs.parsed.skips, *inputs.unresolved]
+        for task in inputs.parsed.tasks:
+            if task.audio_uri in inputs.refs:
+                windows, window_skips = pack_windows(
+                    task, encoder.encode, max_seconds=args.max_window_seconds
+                )
+                skips.extend(window_skips)
+                if windows:
+                    windows_by_uri.setdefault(task.audio_uri, []).extend(windows)
+        unavailable = [skip for skip in inputs.unavailable if skip.audio_uri in windows_by_uri]
+        skips.extend(unavailable)
+        infos = {uri: info for uri, info in inputs.infos.items() if uri in windows_by_uri}
+        splits = assign_splits(infos, seed=args.seed, val_fraction=args.val_fraction)
+        works = {
+            uri: _recording_work(
+                uri, splits[uri], windows_by_uri[uri], infos[uri], settings, args, augmentation
+            )
+            for uri in sorted(infos)
+        }
+        features = cache_features(featurizer.n_mels)
+        store = ShardStore(layout, features)
+        previous = {} if args.force else previous_recordings(layout.root)
+        sizes = {uri: int(info["size"]) for uri, info in infos.items()}
+        results = _build_recordings(works, inputs.refs, sizes, store, previous, args, workers, s3)
     for result in results.values():
         skips.extend(Skip(**skip) for skip in result.meta["skips"])
     recordings_total = len(windows_by_uri)
@@ -437,12 +441,6 @@ def _load_tokenizer(model_dir: Path):
     return WhisperTokenizerFast.from_pretrained(str(model_dir))
 
 
-def _load_feature_extractor(model_dir: Path):
-    from transformers import WhisperFeatureExtractor
-
-    return WhisperFeatureExtractor.from_pretrained(str(model_dir))
-
-
 class _S3Access:
     """The S3 settings and, created on first use, this process's one client (thread-safe)."""
 
@@ -492,7 +490,7 @@ def _build_recordings(
     store: ShardStore,
     previous: Mapping[str, PreviousRecording],
     args: PrepareArguments,
-    featurizer_args: tuple[Any, ...],
+    workers: ProcessPoolExecutor,
     s3: _S3Access,
 ) -> dict[str, RecordingResult]:
     """Each recording from a staged shard, the previous cache, or computed now (in that order)."""
@@ -511,7 +509,7 @@ def _build_recordings(
         else:
             pending.append(work)
     if pending:
-        results.update(_compute(pending, refs, sizes, store, args, featurizer_args, s3))
+        results.update(_compute(pending, refs, sizes, store, args, workers, s3))
     return {uri: results[uri] for uri in works}
 
 
@@ -550,12 +548,11 @@ def _compute(
     sizes: Mapping[str, int],
     store: ShardStore,
     args: PrepareArguments,
-    featurizer_args: tuple[Any, ...],
+    workers: ProcessPoolExecutor,
     s3: _S3Access,
 ) -> dict[str, RecordingResult]:
-    """Download threads feed worker processes through a bounded number of in-flight recordings."""
-    num_workers = args.num_workers or os.cpu_count() or 1
-    in_flight = _InFlight(max(1, args.download_concurrency) + 2 * num_workers, IN_FLIGHT_BYTES)
+    """Download threads feed the worker processes through a bounded number of in-flight recordings."""
+    in_flight = _InFlight(max(1, args.download_concurrency) + 2 * _worker_count(args), IN_FLIGHT_BYTES)
     stop = threading.Event()
     finished: queue.Queue[tuple[RecordingWork, Future | None, AudioSourceError | BaseException | None]] = (
         queue.Queue()
@@ -566,15 +563,7 @@ def _compute(
     total_seconds = sum(window.duration for work in pending for window in work.windows)
     progress = tqdm(total=total_seconds, unit="audio-s", unit_scale=True, desc=f"recordings 0/{len(pending)}")
 
-    with (
-        ProcessPoolExecutor(
-            num_workers,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=init_worker,
-            initargs=featurizer_args,
-        ) as workers,
-        ThreadPoolExecutor(max(1, args.download_concurrency)) as downloads,
-    ):
+    with ThreadPoolExecutor(max(1, args.download_concurrency)) as downloads:
 
         def fetch_and_submit(work: RecordingWork) -> None:
             size = sizes[work.audio_uri]
@@ -618,9 +607,34 @@ def _compute(
                 progress.update(min(seconds, progress.total - progress.n))  # float sums may overshoot
         finally:
             stop.set()
-            workers.shutdown(wait=True, cancel_futures=True)
             progress.close()
     return results
+
+
+def _worker_count(args: PrepareArguments) -> int:
+    return args.num_workers or os.cpu_count() or 1
+
+
+@contextmanager
+def _feature_workers(
+    args: PrepareArguments, featurizer: LogMelFeaturizer, augmentation: AugmentationSettings
+) -> Iterator[ProcessPoolExecutor]:
+    """The feature worker processes, started at once so that they import (1.5 s each) while the main
+    process loads the tokenizer and plans. The executor starts a process for each task submitted while
+    none is idle: one trivial task per worker starts them all. Leaving cancels what has not started."""
+    count = _worker_count(args)
+    workers = ProcessPoolExecutor(
+        count,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=init_worker,
+        initargs=(featurizer, augmentation, args.seed),
+    )
+    try:
+        for _ in range(count):
+            workers.submit(os.getpid)
+        yield workers
+    finally:
+        workers.shutdown(wait=True, cancel_futures=True)
 
 
 def format_summary(summary: PrepareSummary) -> str:

@@ -1,0 +1,86 @@
+"""The feature worker: one recording's bytes -> rows, in a process that imports only what it runs."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from whisper_pipeline.audio import AugmentationSettings, augment, augmentation_seed, cut, decode_audio
+from whisper_pipeline.features import LogMelFeaturizer
+from whisper_pipeline.segments import Window
+from whisper_pipeline.worker import RecordingWork, init_worker, process_recording
+
+ROOT = Path(__file__).resolve().parents[1]
+SEED = 42
+HEAVY_MODULES = ("torch", "transformers", "datasets", "boto3", "botocore")
+
+
+@pytest.fixture(scope="module")
+def featurizer(tiny_model_dir) -> LogMelFeaturizer:
+    return LogMelFeaturizer.from_pretrained(tiny_model_dir)
+
+
+@pytest.fixture
+def recording_work(multi_utterance_recording) -> RecordingWork:
+    windows = tuple(
+        Window(f"call-{i}", "7", "s3://bucket/call.flac", u.start, u.end, u.text, (50258, 50278, i, 50257))
+        for i, u in enumerate(multi_utterance_recording.utterances)
+    )
+    return RecordingWork(key="k", audio_uri="s3://bucket/call.flac", split="train", windows=windows, copies=1)
+
+
+def test_rows_are_each_window_and_its_augmented_copy(featurizer, multi_utterance_recording, recording_work):
+    init_worker(featurizer, AugmentationSettings(), SEED)
+    data = multi_utterance_recording.path.read_bytes()
+    outcome = process_recording(recording_work, data)
+
+    assert not outcome.failed and outcome.skips == []
+    assert [(row["segment_id"], row["augmentation"]) for row in outcome.rows] == [
+        (window.window_id, copy) for window in recording_work.windows for copy in (0, 1)
+    ]
+    samples = decode_audio(data, name="call.flac")
+    for window, (clean_row, augmented_row) in zip(
+        recording_work.windows, zip(outcome.rows[::2], outcome.rows[1::2], strict=True), strict=True
+    ):
+        clean = cut(samples, window.start, window.end)
+        variant = augment(clean, AugmentationSettings(), augmentation_seed(SEED, window.window_id, 1))
+        np.testing.assert_array_equal(clean_row["input_features"], featurizer.compute(clean).frames)
+        np.testing.assert_array_equal(augmented_row["input_features"], featurizer.compute(variant).frames)
+        assert clean_row["labels"] == augmented_row["labels"] == list(window.labels)
+    assert outcome.audio_seconds == pytest.approx(sum(w.duration for w in recording_work.windows), abs=1e-3)
+
+
+def test_undecodable_bytes_fail_the_recording_with_a_counted_reason(featurizer, recording_work):
+    init_worker(featurizer, AugmentationSettings(), SEED)
+    outcome = process_recording(recording_work, b"this is not audio")
+    assert outcome.failed and outcome.rows == []
+    assert [skip.reason for skip in outcome.skips] == ["unsupported_format"]
+
+
+def test_a_worker_process_imports_no_torch_transformers_datasets_or_s3_client(
+    tmp_path, featurizer, multi_utterance_recording, recording_work
+):
+    """What keeps a worker's start-up short and its memory small: it runs only decode, augment, log-mel."""
+    job = tmp_path / "job.pickle"
+    job.write_bytes(pickle.dumps((featurizer, recording_work, multi_utterance_recording.path.read_bytes())))
+    probe = (
+        "import json, pickle, sys\n"
+        "from whisper_pipeline.worker import init_worker, process_recording\n"
+        "from whisper_pipeline.audio import AugmentationSettings\n"
+        f"featurizer, work, data = pickle.loads(open({str(job)!r}, 'rb').read())\n"
+        f"init_worker(featurizer, AugmentationSettings(), {SEED})\n"
+        "outcome = process_recording(work, data)\n"
+        f"print(json.dumps([len(outcome.rows), [m for m in {HEAVY_MODULES!r} if m in sys.modules]]))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    rows, heavy = json.loads(result.stdout)
+    assert rows == 2 * len(recording_work.windows)
+    assert heavy == []
