@@ -81,6 +81,12 @@ def test_cache_layout_columns_and_kept_texts(prepared_cache, staged_corpus):
     assert uris["train"] and uris["validation"] and not uris["train"] & uris["validation"]
     assert set(splits["validation"]["augmentation"]) == {0}
     assert set(splits["train"]["augmentation"]) == {0, 1}
+    # Written one recording at a time (cache._write_split): one record batch per recording.
+    for dataset in splits.values():
+        batches = dataset.data.table.to_batches()
+        assert [set(batch.column("audio_uri").to_pylist()) for batch in batches] == [
+            {uri} for uri in dict.fromkeys(dataset["audio_uri"])
+        ]
     report = json.loads((prepared_cache / "prepare_report.json").read_text())
     assert report["recordings"]["total"] == len(staged_corpus.texts) and report["recordings"]["failed"] == 0
     assert report["skips"]["by_reason"] == {"excluded_label": 1}
@@ -177,6 +183,11 @@ def test_new_recordings_cost_only_their_own_work_and_do_not_move_old_ones(
     for split, dataset in (("train", new.train), ("validation", new.validation)):
         for uri in set(dataset["audio_uri"]):
             assert old_split.get(uri, split) == split
+    # Rows reused from the previous cache are written exactly as rows computed afresh.
+    fresh = prepare_arguments(staged_corpus, tiny_model_dir, tmp_path / "fresh")
+    fresh.annotations = args.annotations
+    run_prepare(fresh, AugmentationSettings(), environ=staged_corpus.env)
+    assert cache_digest(root) == cache_digest(tmp_path / "fresh")
 
 
 def test_a_second_run_on_the_same_folder_is_refused_clearly(prepared_cache, staged_corpus, tiny_model_dir):

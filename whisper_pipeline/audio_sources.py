@@ -206,6 +206,7 @@ def _label_studio_file(uri: str, parsed, root: Path | None) -> AudioRef:
 def make_s3_client(settings: S3Settings):
     """A boto3 S3 client from a session of its own: path-style (MinIO), adaptive retries, timeouts."""
     import boto3
+    import botocore.session
     from botocore.config import Config
 
     if settings.ca_bundle and not Path(settings.ca_bundle).is_file():
@@ -213,7 +214,12 @@ def make_s3_client(settings: S3Settings):
     if bool(settings.access_key_id) != bool(settings.secret_access_key):
         missing = "AWS_SECRET_ACCESS_KEY" if settings.access_key_id else "AWS_ACCESS_KEY_ID"
         raise S3Error(f"{missing} is not set (S3 credentials come in pairs)")
+    core = botocore.session.get_session()
+    # Objects are identified by size and ETag: no response timestamp is ever read, so they stay text
+    # instead of going through dateutil (a quarter of the time a 600-object listing takes to parse).
+    core.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=str)
     session = boto3.session.Session(
+        botocore_session=core,
         aws_access_key_id=settings.access_key_id,
         aws_secret_access_key=settings.secret_access_key,
         aws_session_token=settings.session_token,

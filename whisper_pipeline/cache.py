@@ -1,7 +1,8 @@
 """The feature cache: the one module that knows its on-disk layout and format version.
 
     processed_data/
-      train/, validation/      datasets.save_to_disk folders (load with datasets.load_from_disk)
+      train/, validation/      datasets.save_to_disk's folder layout (load with datasets.load_from_disk):
+                               one Arrow file, one record batch per recording, state.json, dataset_info.json
       recordings.json          each recording's key and outcome (rows, skips, seconds): what a rebuild reuses
       prepare_report.json      written last, atomically: its presence and fingerprint mark a complete cache
       .staging/                per-recording shards of a build in progress (kept across kills, removed at
@@ -18,13 +19,14 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import datasets
+import pyarrow as pa
 from datasets import Array2D, Features, List, Value
 from datasets.arrow_writer import ArrowWriter
 from filelock import FileLock, Timeout
@@ -36,6 +38,7 @@ FORMAT_VERSION = 1
 REPORT_NAME = "prepare_report.json"
 RECORDINGS_NAME = "recordings.json"  # per-recording outcome (rows, skips, seconds), for reuse
 STAGING_NAME = ".staging"
+SPLIT_DATA_FILE = "data-00000-of-00001.arrow"  # the name save_to_disk gives a one-file split
 PROCESSOR_FILES = (
     "preprocessor_config.json",
     "tokenizer.json",
@@ -249,24 +252,26 @@ def finalize(
     shutil.rmtree(build, ignore_errors=True)
     build.mkdir(parents=True)
     previous: dict[str, datasets.Dataset] = {}
-    for split in SPLITS:
-        parts = []
+
+    def tables(split: str) -> Iterator[pa.Table]:
+        """Each recording's rows in turn, as one record batch."""
         for source in sources:
             if source.split != split:
                 continue
             if source.shard is not None:
-                parts.append(datasets.Dataset.from_file(str(source.shard)))
+                with pa.OSFile(str(source.shard)) as shard:  # read, not mapped: see _write_split
+                    yield pa.ipc.open_stream(shard).read_all().combine_chunks()
             elif source.previous_indices:
                 if split not in previous:
                     previous[split] = load_split(layout.root, split)
-                parts.append(previous[split].select(source.previous_indices))
-        dataset = (
-            datasets.concatenate_datasets(parts)
-            if parts
-            else datasets.Dataset.from_dict({name: [] for name in features}, features=features)
-        )
-        # An empty split still gets its one (empty) shard: without it load_from_disk cannot open it.
-        dataset.save_to_disk(str(build / split), num_shards=None if len(dataset) else 1)
+                rows = previous[split].select(source.previous_indices).with_format("arrow")
+                yield rows[: len(rows)].combine_chunks()
+
+    for split in SPLITS:
+        keys = sorted(key for key, meta in recordings.items() if meta["split"] == split)
+        fingerprint = stable_hash({"split": split, "recordings": keys})[:16]
+        _write_split(build / split, tables(split), features, fingerprint)
+    previous.clear()
     (build / RECORDINGS_NAME).write_text(json.dumps(recordings, sort_keys=True), encoding="utf-8")
     cache_bytes = sum(path.stat().st_size for path in build.rglob("*") if path.is_file())
     report = make_report(cache_bytes)
@@ -285,6 +290,37 @@ def finalize(
     shutil.rmtree(retired, ignore_errors=True)
     shutil.rmtree(build, ignore_errors=True)
     return report
+
+
+def _write_split(directory: Path, tables: Iterable[pa.Table], features: Features, fingerprint: str) -> None:
+    """One split in the folder layout of `Dataset.save_to_disk`, written one recording at a time.
+
+    save_to_disk over the concatenated shards would memory-map every shard at once and touch all of them:
+    the process's resident memory would grow with the cache (400 MB more for 3 audio-hours). Each shard is
+    read into memory instead, written, and let go. `fingerprint` goes to state.json, as save_to_disk
+    writes the dataset's: load_from_disk derives the loaded dataset's from it.
+    """
+    directory.mkdir()
+    writer = ArrowWriter(features=features, path=str(directory / SPLIT_DATA_FILE))
+    try:
+        for table in tables:
+            writer.write_table(table)
+        writer.finalize()  # an empty split still gets its (empty) file: load_from_disk needs one
+    finally:
+        writer.close()
+    state = {
+        "_data_files": [{"filename": SPLIT_DATA_FILE}],
+        "_fingerprint": fingerprint,
+        "_format_columns": None,
+        "_format_kwargs": {},
+        "_format_type": None,
+        "_output_all_columns": False,
+        "_split": None,
+    }
+    (directory / datasets.config.DATASET_STATE_JSON_FILENAME).write_text(
+        json.dumps(state, indent=2, sort_keys=True), encoding="utf-8"
+    )
+    datasets.DatasetInfo(features=features).write_to_directory(str(directory))
 
 
 @dataclass(frozen=True)
