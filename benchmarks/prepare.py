@@ -359,6 +359,7 @@ def run_ours(export: Path, output: Path, model: Path, s3_env: Mapping[str, str],
 
 _NOOP_PROBE = """
 import json, sys, time
+import boto3  # imported by prepare_data.py too, when it makes its S3 client
 from whisper_pipeline.audio import AugmentationSettings
 from whisper_pipeline.prepare import PrepareArguments, run_prepare
 args = PrepareArguments(**json.loads(sys.argv[1]))
@@ -370,7 +371,8 @@ print(json.dumps({"seconds": time.perf_counter() - started, "current": summary.c
 
 def noop_rerun_seconds(export: Path, output: Path, model: Path, s3_env: Mapping[str, str]) -> float:
     """run_prepare on a current cache: what a rerun costs beyond starting Python and importing. The median
-    of NOOP_REPEATS runs, each in a fresh process that imports what prepare_data.py imports: in this
+    of NOOP_REPEATS runs, each in a fresh process that imports what prepare_data.py imports (boto3
+    included, which it imports on the way, when it makes its S3 client): in this
     process (torch, transformers and datasets loaded, a large heap) Python's garbage collector ran
     during every other rerun and doubled its time, which a user's rerun does not pay."""
     args = {
