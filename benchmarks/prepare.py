@@ -417,30 +417,29 @@ def stage_costs(measurements: Sequence[list[dict[str, float]]], recordings: Sequ
     (taken right before and right after the 4N run: this VM's speed drifts by tens of percent over
     minutes, and the share of the limit compares the two)."""
     seconds = speech_seconds(recordings)
-    processes = [spent for measurement in measurements for spent in measurement]
-    per_second = {
-        stage: sum(spent[stage] for spent in processes) / len(processes) / seconds for stage in processes[0]
-    }
-    total = sum(per_second[stage] for stage in STAGES)
+
+    def per_second(processes: Sequence[dict[str, float]]) -> dict[str, float]:
+        return {
+            stage: sum(spent[stage] for spent in processes) / len(processes) / seconds
+            for stage in processes[0]
+        }
+
+    def total(costs: Mapping[str, float]) -> float:
+        return sum(costs[stage] for stage in STAGES)
+
+    overall = per_second([spent for measurement in measurements for spent in measurement])
     return {
         "sample_recordings": len(recordings),
         "sample_audio_seconds": round(seconds, 2),
         "processes": len(measurements[0]),
         "measurements": len(measurements),
         "total_ms_per_audio_second_by_measurement": [
-            round(
-                1000
-                * sum(spent[stage] for spent in measurement for stage in STAGES)
-                / len(measurement)
-                / seconds,
-                4,
-            )
-            for measurement in measurements
+            round(1000 * total(per_second(measurement)), 4) for measurement in measurements
         ],
-        "ms_per_audio_second": {stage: round(1000 * value, 4) for stage, value in per_second.items()},
-        "total_ms_per_audio_second": round(1000 * total, 4),
+        "ms_per_audio_second": {stage: round(1000 * value, 4) for stage, value in overall.items()},
+        "total_ms_per_audio_second": round(1000 * total(overall), 4),
         "cores": CORES,
-        "limit_audio_seconds_per_second": round(CORES / total, 1),
+        "limit_audio_seconds_per_second": round(CORES / total(overall), 1),
     }
 
 
