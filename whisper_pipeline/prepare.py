@@ -274,18 +274,9 @@ def _build(
     featurizer = LogMelFeaturizer.from_pretrained(model_dir)  # another log-mel is refused before any work
     with _feature_workers(args, featurizer, augmentation) as workers:
         encoder = LabelEncoder(_load_tokenizer(model_dir), args.language, args.task)
-        windows_by_uri: dict[str, list[Window]] = {}
-        skips: list[Skip] = [*inputs.parsed.skips, *inputs.unresolved]
-        for task in inputs.parsed.tasks:
-            if task.audio_uri in inputs.refs:
-                windows, window_skips = pack_windows(
-                    task, encoder.encode, max_seconds=args.max_window_seconds
-                )
-                skips.extend(window_skips)
-                if windows:
-                    windows_by_uri.setdefault(task.audio_uri, []).extend(windows)
+        windows_by_uri, window_skips = _plan_windows(inputs, encoder, args.max_window_seconds)
         unavailable = [skip for skip in inputs.unavailable if skip.audio_uri in windows_by_uri]
-        skips.extend(unavailable)
+        skips = [*inputs.parsed.skips, *inputs.unresolved, *window_skips, *unavailable]
         infos = {uri: info for uri, info in inputs.infos.items() if uri in windows_by_uri}
         splits = assign_splits(infos, seed=args.seed, val_fraction=args.val_fraction)
         works = {
@@ -328,6 +319,22 @@ def _build(
     report = finalize(layout, sources, features, recordings, make_report)
     store.clear()
     return report
+
+
+def _plan_windows(
+    inputs: _Inputs, encoder: LabelEncoder, max_seconds: float
+) -> tuple[dict[str, list[Window]], list[Skip]]:
+    """Each readable recording's windows (its tasks' regions packed into <= max_seconds and 448 tokens),
+    and the regions that fit no window."""
+    windows_by_uri: dict[str, list[Window]] = {}
+    skips: list[Skip] = []
+    for task in inputs.parsed.tasks:
+        if task.audio_uri in inputs.refs:
+            windows, window_skips = pack_windows(task, encoder.encode, max_seconds=max_seconds)
+            skips.extend(window_skips)
+            if windows:
+                windows_by_uri.setdefault(task.audio_uri, []).extend(windows)
+    return windows_by_uri, skips
 
 
 def _report(
