@@ -16,14 +16,18 @@ from whisper_pipeline.audio_sources import (
     LIST_MIN_OBJECTS,
     AudioRef,
     AudioSourceError,
+    Listing,
     ObjectInfo,
     S3Settings,
+    Scan,
     TransferStats,
     UnresolvableAudioError,
+    listings,
     make_s3_client,
     preflight,
     read_bytes,
     resolve_audio_uri,
+    scan,
     split_s3_uri,
     stat,
     stat_all,
@@ -285,6 +289,35 @@ def test_stat_all_lists_a_bucket_instead_of_one_request_per_object(s3_bucket, tm
         assert infos[ref.uri] == stat(ref, s3_bucket.client)
     assert isinstance(infos[s3_bucket.uri("calls/absent.flac")], AudioSourceError)
     assert infos[str(local)] == stat(refs[-1], None)
+
+
+def test_a_complete_scan_made_ahead_stands_for_the_listing_and_a_partial_one_does_not(s3_bucket):
+    count = LIST_MIN_OBJECTS + 2
+    keys = [f"ahead/take/{index:03d}.flac" for index in range(count)]
+    for key in keys:
+        s3_bucket.put(key, key.encode())
+    refs = [resolve_audio_uri(s3_bucket.uri(key), default_bucket=None, local_files_root=None) for key in keys]
+    (listing,) = listings(refs)
+    assert listing == Listing(s3_bucket.name, "ahead/take/0", count)  # their common character prefix
+    wider = Listing(s3_bucket.name, "ahead/", count)  # a previous run's listing: covers this one
+    ahead = scan(s3_bucket.client, wider)
+    assert ahead.complete and set(ahead.found) == set(keys)
+    fresh = stat_all(refs, s3_bucket.client, concurrency=2)
+    calls = _calls(s3_bucket.client)
+    assert stat_all(refs, s3_bucket.client, concurrency=2, scanned={wider: ahead}) == fresh
+    assert calls == []  # nothing asked: the scan made ahead answered for every object
+    # A scan that stopped before the end of its prefix, or of another prefix, or of a bucket that cannot be
+    # listed, stands for nothing: the listing is made again.
+    other, missing = Listing(s3_bucket.name, "elsewhere/", count), Listing("no-such-bucket", "ahead/", count)
+    assert scan(s3_bucket.client, missing) == Scan({}, complete=False)
+    scans = {
+        Listing(s3_bucket.name, "ahead/t", count): Scan(ahead.found, complete=False),
+        other: scan(s3_bucket.client, other),
+        missing: Scan({}, complete=False),
+    }
+    calls.clear()
+    assert stat_all(refs, s3_bucket.client, concurrency=2, scanned=scans) == fresh
+    assert calls == ["ListObjectsV2"]
 
 
 def test_stat_all_asks_each_object_when_there_are_few(s3_bucket):

@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 import unicodedata
+from dataclasses import asdict
 from pathlib import Path
 
 import datasets
@@ -25,6 +26,7 @@ from transformers import WhisperFeatureExtractor, WhisperTokenizerFast
 from tests.fixtures.cache import prepare_arguments
 from whisper_pipeline import prepare
 from whisper_pipeline.audio import AugmentationSettings, cut, decode_audio
+from whisper_pipeline.audio_sources import LIST_MIN_OBJECTS, S3Settings, listings
 from whisper_pipeline.cache import exclusive_lock, open_cache
 from whisper_pipeline.errors import CacheError
 from whisper_pipeline.features import pad_features
@@ -158,6 +160,34 @@ def test_rerun_is_a_no_op_and_force_or_a_changed_setting_rebuilds(
         environ=staged_corpus.env,
     )
     assert forced.report["recordings"]["computed"] == forced.report["recordings"]["total"]
+
+
+def test_a_rerun_lists_what_the_previous_run_listed_while_the_export_is_parsed(s3_bucket, tmp_path):
+    export = LabelStudioExport(seed=3)
+    for index in range(LIST_MIN_OBJECTS + 2):  # enough to be listed, not asked one by one
+        export.add_task(s3_bucket.put(f"scan/{index:03d}.wav", b"RIFF"), [Utterance("xin chào", 0.0, 1.0)])
+    path = tmp_path / "export.json"
+    path.write_text(export.to_json(), encoding="utf-8")
+
+    def gather(previous_report, allowed_buckets=()):
+        """The inputs, and each S3 call made with the thread that made it."""
+        s3 = prepare._S3Access(S3Settings.from_env(s3_bucket.env))
+        calls: list[tuple[str, str]] = []
+        s3.client().meta.events.register(
+            "before-call.s3", lambda model, **_: calls.append((model.name, threading.current_thread().name))
+        )
+        args = prepare.PrepareArguments(annotations=str(path), allowed_buckets=list(allowed_buckets))
+        return prepare._gather_inputs(args, s3, previous_report), calls
+
+    first, calls = gather(None)
+    assert calls == [("HeadBucket", "MainThread"), ("ListObjectsV2", "MainThread")]
+    report = {"listings": [asdict(listing) for listing in listings(list(first.refs.values()))]}
+    again, calls = gather(report)
+    assert sorted(calls) == [("HeadBucket", "MainThread"), ("ListObjectsV2", "scan-ahead_0")]
+    assert again.infos == first.infos and again.annotations_sha256 == first.annotations_sha256
+    # A bucket the user no longer allows is not even listed.
+    elsewhere, calls = gather(report, allowed_buckets=["another-bucket"])
+    assert calls == [] and not elsewhere.infos
 
 
 def test_new_recordings_cost_only_their_own_work_and_do_not_move_old_ones(

@@ -330,53 +330,96 @@ def stat(ref: AudioRef, client) -> ObjectInfo:
     return ObjectInfo(size=int(head["ContentLength"]), etag=head["ETag"].strip('"'))
 
 
-def stat_all(refs: Sequence[AudioRef], client, concurrency: int) -> dict[str, ObjectInfo | AudioSourceError]:
-    """`stat` of many recordings by URI: a bucket's objects from its listing (one request per 1000), the
-    rest (local files, objects the listing did not show, buckets we may not list) one by one, concurrently.
-    A rerun that finds its cache current costs a few requests, not one per recording."""
-    listed: dict[tuple[str, str], ObjectInfo] = {}
+@dataclass(frozen=True)
+class Listing:
+    """A bucket's objects under one prefix, scanned for the size and ETag of `objects` of them."""
+
+    bucket: str
+    prefix: str
+    objects: int
+
+    @property
+    def budget(self) -> int:
+        """Objects read at most: past that, HEAD each object the scan did not reach."""
+        return LIST_OVERREAD * self.objects
+
+
+@dataclass(frozen=True)
+class Scan:
+    """What a listing returned; `complete` when it reached the end of its prefix."""
+
+    found: Mapping[str, ObjectInfo]
+    complete: bool
+
+
+def listings(refs: Sequence[AudioRef]) -> list[Listing]:
+    """The listings stat_all makes for `refs`: one per bucket holding at least LIST_MIN_OBJECTS of them,
+    under their common prefix (S3 prefixes are character prefixes, not path components)."""
     keys_by_bucket: dict[str, set[str]] = {}
     for ref in refs:
         if ref.kind == "s3":
             keys_by_bucket.setdefault(ref.bucket, set()).add(ref.key)
-    for bucket, keys in keys_by_bucket.items():
+    plans = []
+    for bucket, keys in sorted(keys_by_bucket.items()):
         if len(keys) >= LIST_MIN_OBJECTS:
-            listed.update(((bucket, key), info) for key, info in _listed(client, bucket, keys).items())
+            first, last = min(keys), max(keys)
+            shared = next(
+                (i for i, (a, b) in enumerate(zip(first, last, strict=False)) if a != b), len(first)
+            )
+            plans.append(Listing(bucket, first[:shared], len(keys)))
+    return plans
+
+
+def stat_all(
+    refs: Sequence[AudioRef], client, concurrency: int, scanned: Mapping[Listing, Scan] | None = None
+) -> dict[str, ObjectInfo | AudioSourceError]:
+    """`stat` of many recordings by URI: a bucket's objects from its listing (one request per 1000), the
+    rest (local files, objects the listing did not show, buckets we may not list) one by one, concurrently.
+    A rerun that finds its cache current costs a few requests, not one per recording. A complete scan in
+    `scanned` (see `scan`) that covers a listing's prefix stands for that listing."""
+    listed: dict[tuple[str, str], ObjectInfo] = {}
+    for listing in listings(refs):
+        keys = {ref.key for ref in refs if ref.kind == "s3" and ref.bucket == listing.bucket}
+        covering = [
+            done
+            for plan, done in (scanned or {}).items()
+            if done.complete and plan.bucket == listing.bucket and listing.prefix.startswith(plan.prefix)
+        ]
+        found = covering[0].found if covering else scan(client, listing, keys).found
+        listed.update(((listing.bucket, key), found[key]) for key in keys & found.keys())
 
     def one(ref: AudioRef) -> ObjectInfo | AudioSourceError:
-        if ref.kind == "s3" and (ref.bucket, ref.key) in listed:
-            return listed[ref.bucket, ref.key]
         try:
             return stat(ref, client)
         except AudioSourceError as error:
             return error
 
-    with ThreadPoolExecutor(max(1, concurrency)) as pool:
-        return {ref.uri: info for ref, info in zip(refs, pool.map(one, refs), strict=True)}
+    unlisted = [ref for ref in refs if (ref.bucket, ref.key) not in listed]
+    with ThreadPoolExecutor(max(1, min(concurrency, len(unlisted)))) as pool:
+        asked = dict(zip((ref.uri for ref in unlisted), pool.map(one, unlisted), strict=True))
+    return {ref.uri: asked[ref.uri] if ref.uri in asked else listed[ref.bucket, ref.key] for ref in refs}
 
 
-def _listed(client, bucket: str, keys: set[str]) -> dict[str, ObjectInfo]:
-    """Size and ETag of `keys` from ListObjectsV2 under their common prefix. Gives up (the caller then
-    asks object by object) when listing is not allowed or would read far more objects than it needs."""
+def scan(client, listing: Listing, wanted: set[str] | None = None) -> Scan:
+    """Size and ETag of the objects ListObjectsV2 shows under the listing's prefix, up to its budget (or
+    until every `wanted` key is found). Empty when listing is not allowed or fails: the caller then asks
+    object by object."""
     from botocore.exceptions import BotoCoreError, ClientError
 
     found: dict[str, ObjectInfo] = {}
-    budget = LIST_OVERREAD * len(keys)
-    first, last = min(keys), max(keys)  # S3 prefixes are character prefixes, not path components
-    shared = next((i for i, (a, b) in enumerate(zip(first, last, strict=False)) if a != b), len(first))
-    prefix = first[:shared]
+    budget = listing.budget
     try:
-        pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket=listing.bucket, Prefix=listing.prefix)
         for page in pages:
             for item in page.get("Contents", ()):
                 budget -= 1
-                if item["Key"] in keys:
+                if wanted is None or item["Key"] in wanted:
                     found[item["Key"]] = ObjectInfo(size=int(item["Size"]), etag=item["ETag"].strip('"'))
-            if len(found) == len(keys) or budget <= 0:
-                break
+            if (wanted is not None and wanted <= found.keys()) or budget <= 0:
+                return Scan(found, complete=not page.get("IsTruncated", False))
     except (BotoCoreError, ClientError):
-        pass  # e.g. no s3:ListBucket permission: every object gets its own HEAD
-    return found
+        return Scan({}, complete=False)  # e.g. no s3:ListBucket permission: every object gets its own HEAD
+    return Scan(found, complete=True)
 
 
 def _classified(ref: AudioRef, error) -> AudioSourceError:

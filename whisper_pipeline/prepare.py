@@ -17,7 +17,7 @@ import queue
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -39,14 +39,17 @@ from whisper_pipeline.audio import AugmentationSettings
 from whisper_pipeline.audio_sources import (
     AudioRef,
     AudioSourceError,
+    Listing,
     S3Settings,
     TransferStats,
     UnresolvableAudioError,
+    listings,
     load_env_file,
     make_s3_client,
     preflight,
     read_bytes,
     resolve_audio_uri,
+    scan,
     stat_all,
 )
 from whisper_pipeline.cache import (
@@ -175,7 +178,7 @@ def run_prepare(
     model_dir = Path(args.model)
     _check_model_dir(model_dir)
     s3 = _S3Access(S3Settings.from_env(os.environ if environ is None else environ))
-    inputs = _gather_inputs(args, s3)
+    inputs = _gather_inputs(args, s3, read_report(layout.root))
     settings = {
         "format_version": FORMAT_VERSION,
         "language": args.language,
@@ -225,9 +228,41 @@ class _Inputs:
     unavailable: list[Skip]  # recordings that cannot be read (missing, forbidden, failing)
 
 
-def _gather_inputs(args: PrepareArguments, s3: _S3Access) -> _Inputs:
+def _gather_inputs(args: PrepareArguments, s3: _S3Access, previous_report: Mapping | None) -> _Inputs:
     raw = _read_annotations(args.annotations, s3)
-    parsed = parse_export(load_export(raw, source=args.annotations), args.annotation_settings)
+    with _scanning_ahead(previous_report, s3, args.allowed_buckets) as scanned:
+        parsed = parse_export(load_export(raw, source=args.annotations), args.annotation_settings)
+        return _identify(args, s3, raw, parsed, scanned)
+
+
+@contextmanager
+def _scanning_ahead(
+    previous_report: Mapping | None, s3: _S3Access, allowed_buckets: Sequence[str]
+) -> Iterator[Callable[[], dict]]:
+    """On a rerun, the bucket listings of the previous run (in buckets still allowed), scanned by a thread
+    while the export is parsed: S3's answer to them is most of what a rerun that finds its cache current
+    waits for. Yields how to get the scans; stat_all uses those that cover the listings the export needs."""
+    plans = [
+        Listing(**plan)
+        for plan in (previous_report or {}).get("listings", [])
+        if not allowed_buckets or plan["bucket"] in allowed_buckets
+    ]
+    try:
+        client = s3.client() if plans else None
+    except PipelineError:  # said where the export needs S3, if it does
+        client = None
+    if client is None:
+        yield dict
+        return
+    with ThreadPoolExecutor(1, thread_name_prefix="scan-ahead") as pool:
+        scans = pool.submit(lambda: {plan: scan(client, plan) for plan in plans})
+        yield scans.result
+
+
+def _identify(
+    args: PrepareArguments, s3: _S3Access, raw: bytes, parsed: ParsedExport, scanned: Callable[[], dict]
+) -> _Inputs:
+    """Where each recording with transcribed speech is, and its identity (size and ETag, or mtime)."""
     refs: dict[str, AudioRef] = {}
     task_of: dict[str, str] = {}
     unresolved: list[Skip] = []
@@ -251,7 +286,8 @@ def _gather_inputs(args: PrepareArguments, s3: _S3Access) -> _Inputs:
     client = s3.client() if buckets else None
     infos: dict[str, dict[str, Any]] = {}
     unavailable: list[Skip] = []
-    for uri, info in sorted(stat_all(list(refs.values()), client, args.download_concurrency).items()):
+    stats = stat_all(list(refs.values()), client, args.download_concurrency, scanned())
+    for uri, info in sorted(stats.items()):
         if isinstance(info, AudioSourceError):
             unavailable.append(Skip(info.reason, task_of[uri], uri, str(info)))
         else:
@@ -392,6 +428,7 @@ def _report(
         "examples": per_split("rows"),
         "augmented_examples": sum(r.meta["augmented_rows"] for r in results.values()),
         "transfers": {"objects": s3.stats.objects, "bytes": s3.stats.bytes, "retries": s3.stats.retries},
+        "listings": [asdict(listing) for listing in listings(list(inputs.refs.values()))],
         "audio_seconds": audio_seconds,
         "skips": {
             "by_reason": dict(by_reason),
