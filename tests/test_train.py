@@ -6,6 +6,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -15,14 +16,14 @@ from safetensors.torch import load_file
 from transformers import WhisperProcessor
 
 from whisper_pipeline import __version__
-from whisper_pipeline.batches import CacheRows, model_inputs
+from whisper_pipeline import train as train_module
+from whisper_pipeline.batches import BackgroundBatches, CacheRows, model_inputs
 from whisper_pipeline.cache import open_cache
 from whisper_pipeline.features import pad_features
 from whisper_pipeline.metrics import ComputeMetrics, score
 from whisper_pipeline.modeling import configure_generation, load_base_model, load_trained
 from whisper_pipeline.train import (
     WhisperDataCollator,
-    _finalize_training_args,
     main,
     parse_arguments,
 )
@@ -92,10 +93,11 @@ def test_seed_config_reproduces_the_seed_run():
 
 
 def test_persistent_loader_workers_only_with_workers():
-    *_, training = parse_arguments(
-        ["--dataloader-num-workers", "0", "--dataloader-persistent-workers", "true"]
-    )
-    assert not _finalize_training_args(training, "fp32", None).dataloader_persistent_workers  # torch refuses
+    *_, training = parse_arguments(["--dataloader-persistent-workers", "true"])
+    assert training.dataloader_num_workers == 0  # the default: batches made by a thread
+    assert not training.dataloader_persistent_workers  # torch refuses it without workers
+    *_, training = parse_arguments(["--dataloader-num-workers", "2"])
+    assert training.dataloader_persistent_workers
 
 
 def test_collator_batches_compactly_and_device_padding_restores_pad_features_exactly(
@@ -250,6 +252,38 @@ def test_resume_from_checkpoint_auto_continues_the_run(
     assert [entry["step"] for entry in metrics["evaluations"]] == [2, 4, 6]
     assert metrics["evaluations"][:2] == first["evaluations"]
     assert [entry["step"] for entry in metrics["train"]["loss_history"]] == [1, 2, 3, 4, 5, 6]
+
+
+def test_batches_made_by_the_background_thread_train_as_a_loader_worker_does(
+    tiny_model_dir, prepared_cache, tmp_path, capsys, monkeypatch
+):
+    """The default (no loader worker: a thread makes the next batches) changes nothing but where they are
+    made: the same batches in the same order give the same adapter as a run with a loader process."""
+    started: list[BackgroundBatches] = []
+
+    class RecordedBackgroundBatches(BackgroundBatches):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            started.append(self)
+
+    monkeypatch.setattr(train_module, "BackgroundBatches", RecordedBackgroundBatches)
+    adapters, threads = [], []
+    for name, loader in (("thread", []), ("worker", ["--dataloader-num-workers", "1"])):
+        output_dir = tmp_path / name
+        code = main(
+            [
+                "--model", str(tiny_model_dir), "--data-dir", str(prepared_cache),
+                "--output-dir", str(output_dir), "--max-steps", "3", *QUICK, *loader,
+            ]
+        )  # fmt: skip
+        assert code == 0
+        adapters.append(load_file(output_dir / "adapter" / "adapter_model.safetensors"))
+        threads.append(len(started))
+    capsys.readouterr()
+    assert threads == [1, 1]  # one epoch made in the background by default, none with a worker
+    assert adapters[0].keys() == adapters[1].keys()
+    assert all(torch.equal(adapters[0][key], adapters[1][key]) for key in adapters[0])
+    assert not [thread for thread in threading.enumerate() if thread.name == "background-batches"]
 
 
 def test_ddp_two_cpu_processes(tiny_model_dir, prepared_cache, validation, tmp_path):

@@ -9,9 +9,12 @@ twelfth for 5 s utterances).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import queue
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
+from typing import Any, TypeVar
 
 import datasets
 import numpy as np
@@ -21,6 +24,7 @@ from torch.utils.data import Dataset
 
 from whisper_pipeline.constants import N_FRAMES
 
+T = TypeVar("T")
 COMPACT_KEYS = ("num_frames", "pad_values")  # consumed by model_inputs, never given to the model
 
 
@@ -36,34 +40,43 @@ class CacheRow:
 class CacheRows(Dataset[CacheRow]):
     """A cache split as a map-style torch dataset of `CacheRow`s.
 
-    datasets' numpy formatting converts every row's frames to a new float32 array (about 5 ms per batch of
-    8 measured, against under 1 ms here); these rows are views of the memory-mapped Arrow data.
-    `__getitems__` reads a DataLoader's whole batch in one gather. Rows are not dicts, so the Trainer's
-    column removal leaves them whole.
+    Every row's frames and labels are cut once, as numpy views of the memory-mapped Arrow buffers, so that
+    a batch costs list lookups, not Arrow calls: about 0.05 ms per batch of 8 rows, against 1.1 ms for a
+    gather through datasets and 5 ms for its numpy formatting (which converts each row to a new float32
+    array). Rows are not dicts, so the Trainer's column removal leaves them whole. Pickled (for loader
+    processes) as the datasets.Dataset, which refers to the cache's files; the views are cut again there.
     """
 
     def __init__(self, rows: datasets.Dataset) -> None:
-        self._rows = rows.with_format("arrow", columns=["input_features", "pad_value", "labels"])
+        self._rows = rows
+        self._cut()
+
+    def _cut(self) -> None:
+        # [:] is zero-copy: the table's own batches, or one slice per row under a select()'s indices.
+        table = self._rows.with_format("arrow", columns=["input_features", "pad_value", "labels"])[:]
+        self._frames = [row for chunk in table.column("input_features").chunks for row in _frames(chunk)]
+        self._labels = [row for chunk in table.column("labels").chunks for row in _lists(chunk)]
+        self._pad_values = table.column("pad_value").to_numpy().tolist()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"rows": self._rows}
+
+    def __setstate__(self, state: Mapping[str, Any]) -> None:
+        self._rows = state["rows"]
+        self._cut()
 
     def __len__(self) -> int:
-        return len(self._rows)
+        return len(self._frames)
 
     def __getitem__(self, index: int) -> CacheRow:
-        return self.take([index])[0]
+        return CacheRow(self._frames[index], self._pad_values[index], self._labels[index])
 
     def __getitems__(self, indices: Sequence[int]) -> list[CacheRow]:
         return self.take(indices)
 
     def take(self, indices: Iterable[int]) -> list[CacheRow]:
         """The rows at `indices`, in that order."""
-        table = self._rows[list(indices)]
-        frames = [row for chunk in table.column("input_features").chunks for row in _frames(chunk)]
-        labels = [row for chunk in table.column("labels").chunks for row in _lists(chunk)]
-        pad_values = table.column("pad_value").to_numpy()
-        return [
-            CacheRow(frames=row_frames, pad_value=float(pad), labels=ids)
-            for row_frames, pad, ids in zip(frames, pad_values, labels, strict=True)
-        ]
+        return [self[index] for index in indices]
 
 
 def _lists(array: pa.ListArray) -> list[np.ndarray]:
@@ -117,3 +130,55 @@ def model_inputs(
     values = torch.where(audio[:, None, :], features.transpose(1, 2).to(dtype), pad)
     inputs["input_features"] = torch.cat([values, pad.expand(rows, n_mels, N_FRAMES - frames)], dim=2)
     return inputs
+
+
+class BackgroundBatches(Iterator[T]):
+    """The items of `source` in order, made ahead by one thread of this process, at most `depth` waiting.
+
+    With the rows read in the training process (no loader workers), a thread is all it takes to have the
+    next batch ready while the accelerator computes: building one costs a fraction of a millisecond,
+    less than loader workers spend handing one over through shared memory (benchmarks/train_input.py).
+    An exception of `source` is raised where its item would have been; `close` lets the thread end.
+    """
+
+    _POLL_S = 0.1  # how soon a thread waiting to hand over an item notices `close`
+
+    def __init__(self, source: Iterator[T], depth: int) -> None:
+        self.source = source
+        self._ready: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=max(1, depth))
+        self._closed = threading.Event()
+        self._ended = False
+        threading.Thread(target=self._produce, name="background-batches", daemon=True).start()
+
+    def _produce(self) -> None:
+        try:
+            for item in self.source:
+                if not self._hand_over("item", item):
+                    return
+        except BaseException as error:  # raised again in the consumer's thread
+            self._hand_over("error", error)
+        else:
+            self._hand_over("end", None)
+
+    def _hand_over(self, kind: str, value: Any) -> bool:
+        while not self._closed.is_set():
+            try:
+                self._ready.put((kind, value), timeout=self._POLL_S)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __next__(self) -> T:
+        if self._ended:
+            raise StopIteration
+        kind, value = self._ready.get()
+        if kind == "item":
+            return value
+        self._ended = True
+        if kind == "error":
+            raise value
+        raise StopIteration
+
+    def close(self) -> None:
+        self._closed.set()

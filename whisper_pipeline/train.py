@@ -35,7 +35,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from transformers.training_args import IntervalStrategy, SaveStrategy
 
 from whisper_pipeline import __version__
-from whisper_pipeline.batches import CacheRow, CacheRows, feature_batch, model_inputs
+from whisper_pipeline.batches import BackgroundBatches, CacheRow, CacheRows, feature_batch, model_inputs
 from whisper_pipeline.cache import PreparedCache, open_cache
 from whisper_pipeline.config import parse_config, to_plain_dict
 from whisper_pipeline.constants import MAX_TARGET_POSITIONS, N_FRAMES
@@ -62,6 +62,7 @@ METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions_validation.jsonl"
 CONFIG_FILE = "train_config.yaml"
 RESUME_AUTO = "auto"
+BACKGROUND_STEPS = 2  # optimizer steps of batches the training thread may make ahead
 # LoRA moves only a low-rank update B·A with B starting at zero, scaled by alpha/r: to change the model
 # as much as full fine-tuning does at 1e-5..5e-6 (the seed's 5e-6), its few weights need steps 100x larger.
 # 1e-3 is the rate of peft's Whisper LoRA recipe with these same r=32/alpha=64 (the int8 whisper-large
@@ -166,17 +167,6 @@ def _default_pin_memory() -> bool:
     return torch.cuda.is_available()
 
 
-def _default_workers() -> int:
-    """Loader workers read and batch rows while the GPU computes; on CPU they would compete with training."""
-    return 4 if torch.cuda.is_available() else 0
-
-
-def _default_persistent_workers() -> bool:
-    """Workers kept across epochs and evaluations: restarting them (a fork and a first batch each) before
-    every epoch and every evaluation would stall the GPU for longer than their batches take."""
-    return _default_workers() > 0
-
-
 @dataclass
 class PipelineTrainingArguments(Seq2SeqTrainingArguments):
     """Seq2SeqTrainingArguments with this pipeline's defaults (every Trainer setting still works)."""
@@ -229,23 +219,28 @@ class PipelineTrainingArguments(Seq2SeqTrainingArguments):
         default_factory=lambda: ["labels"], metadata={"help": "Keep: a peft model's forward() hides it."}
     )
     dataloader_num_workers: int = field(
-        default_factory=_default_workers,
-        metadata={"help": "Loader processes (default: 4 with CUDA, else 0)."},
+        default=0,
+        metadata={
+            "help": "Loader processes. Default 0: a thread of the training process makes the next batches "
+            "(a batch costs a fraction of a millisecond; workers spend more handing one over)."
+        },
     )
     dataloader_pin_memory: bool = field(
         default_factory=_default_pin_memory,
-        metadata={
-            "help": "Pinned host memory (default: with CUDA only): batches reach the training loop through "
-            "the loader's pinning thread, which also takes receiving them from the workers off that loop."
-        },
+        metadata={"help": "Pinned host memory for copies to the GPU (default: with CUDA only)."},
     )
     dataloader_persistent_workers: bool = field(
-        default_factory=_default_persistent_workers,
-        metadata={"help": "Keep loader workers across epochs and evaluations (default: when there are any)."},
+        default=True,
+        metadata={"help": "Keep loader workers, if any, across epochs and evaluations."},
     )
     ddp_find_unused_parameters: bool | None = field(
         default=False, metadata={"help": "Every adapter weight gets a gradient every step: no search needed."}
     )
+
+    def __post_init__(self) -> None:
+        if not self.dataloader_num_workers:
+            self.dataloader_persistent_workers = False  # the DataLoader refuses it without workers
+        super().__post_init__()
 
 
 @dataclass(frozen=True)
@@ -271,8 +266,33 @@ class WhisperDataCollator:
 
 
 class WhisperTrainer(Seq2SeqTrainer):
-    """Seq2SeqTrainer with device-side feature padding, generation under autocast and exact distributed
-    evaluation."""
+    """Seq2SeqTrainer with training batches made ahead in a thread, device-side feature padding, generation
+    under autocast and exact distributed evaluation."""
+
+    _background: BackgroundBatches | None = None
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        # Without loader workers the next batches are made by a thread while this step computes. The loop
+        # passes the same iterator for a whole epoch; the thread takes each batch in the loader's order,
+        # so the batches, their order and every sampler state are those of the plain loop.
+        if not self.args.dataloader_num_workers:
+            if self._background is None or self._background.source is not epoch_iterator:
+                self._stop_background()
+                depth = BACKGROUND_STEPS * self.args.gradient_accumulation_steps
+                self._background = BackgroundBatches(epoch_iterator, depth)
+            epoch_iterator = self._background
+        return super().get_batch_samples(epoch_iterator, num_batches, device)
+
+    def _stop_background(self) -> None:
+        if self._background is not None:
+            self._background.close()
+            self._background = None
+
+    def train(self, *args, **kwargs):
+        try:
+            return super().train(*args, **kwargs)
+        finally:  # max_steps may end training in the middle of an epoch
+            self._stop_background()
 
     def _prepare_inputs(self, inputs: dict[str, torch.Tensor | Any]) -> dict[str, torch.Tensor | Any]:
         # training_step and both prediction_steps (loss only, and generate) take their inputs from here.
@@ -556,8 +576,6 @@ def _finalize_training_args(
     if not torch.cuda.is_available():
         # Without it the Trainer neither makes torchrun's CPU processes one (gloo) group nor allows bf16.
         changes["use_cpu"] = True
-    if not training_args.dataloader_num_workers:
-        changes["dataloader_persistent_workers"] = False  # the DataLoader refuses it without workers
     if resume:
         changes["eval_on_start"] = False  # the checkpoint's log history already holds the baseline
     return dataclasses.replace(training_args, **changes)
