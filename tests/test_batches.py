@@ -72,10 +72,16 @@ def test_batches_are_made_ahead_at_most_depth_and_close_ends_the_thread():
     batches = BackgroundBatches(source(), depth=2)
     assert next(batches) == 0
     deadline = time.monotonic() + 5
+    while len(made) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)
+    assert len(made) == 3  # one taken, two made ahead: no further
+    assert next(batches) == 1
+    deadline = time.monotonic() + 5
     while len(made) < 4 and time.monotonic() < deadline:
         time.sleep(0.01)
     time.sleep(0.2)
-    assert len(made) == 4  # one taken, two waiting, one made and waiting for room: no further
+    assert len(made) == 4  # taking one makes room for one more
     batches.close()
     deadline = time.monotonic() + 5
     while any(t.name == "background-batches" for t in threading.enumerate()) and time.monotonic() < deadline:

@@ -102,9 +102,14 @@ def feature_batch(rows: Sequence[CacheRow]) -> dict[str, torch.Tensor]:
     """Rows -> input_features float16 [batch, longest, n_mels] (time-major: one copy per row, no transpose),
     num_frames int64 [batch] and pad_values float32 [batch]; `model_inputs` pads on the device."""
     longest, n_mels = max(len(row.frames) for row in rows), rows[0].frames.shape[1]
-    features = np.zeros((len(rows), longest, n_mels), dtype=np.float16)
+    # The same allocation for every batch of this size, whatever its longest row: the C allocator then reuses
+    # its memory. Fresh memory per batch size (mapped, faulted in, unmapped when the batch is dropped)
+    # stalled the training thread about 1 ms in every twentieth batch (benchmarks/train_input.py).
+    capacity = np.empty(len(rows) * N_FRAMES * n_mels, dtype=np.float16)
+    features = capacity[: len(rows) * longest * n_mels].reshape(len(rows), longest, n_mels)
     for index, row in enumerate(rows):
         features[index, : len(row.frames)] = row.frames
+        features[index, len(row.frames) :] = 0
     return {
         "input_features": torch.from_numpy(features),
         "num_frames": torch.tensor([len(row.frames) for row in rows], dtype=torch.int64),
@@ -133,39 +138,46 @@ def model_inputs(
 
 
 class BackgroundBatches(Iterator[T]):
-    """The items of `source` in order, made ahead by one thread of this process, at most `depth` waiting.
+    """The items of `source` in order, made ahead by one thread of this process, at most `depth` at a time.
 
     With the rows read in the training process (no loader workers), a thread is all it takes to have the
     next batch ready while the accelerator computes: building one costs a fraction of a millisecond,
     less than loader workers spend handing one over through shared memory (benchmarks/train_input.py).
-    An exception of `source` is raised where its item would have been; `close` lets the thread end.
+    The training thread's side is two C-level queue calls (about 15 us; queue.Queue's Python-level
+    locking took 50 us). An exception of `source` is raised where its item would have been; `close` lets
+    the thread end.
     """
 
-    _POLL_S = 0.1  # how soon a thread waiting to hand over an item notices `close`
+    _POLL_S = 0.1  # how soon a thread waiting for room notices `close`
 
     def __init__(self, source: Iterator[T], depth: int) -> None:
         self.source = source
-        self._ready: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=max(1, depth))
+        self._ready: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self._room: queue.SimpleQueue[None] = queue.SimpleQueue()  # one token per item that may be made
+        for _ in range(max(1, depth)):
+            self._room.put(None)
         self._closed = threading.Event()
         self._ended = False
         threading.Thread(target=self._produce, name="background-batches", daemon=True).start()
 
     def _produce(self) -> None:
         try:
-            for item in self.source:
-                if not self._hand_over("item", item):
+            while self._has_room():
+                try:
+                    item = next(self.source)
+                except StopIteration:
+                    self._ready.put(("end", None))
                     return
+                self._ready.put(("item", item))
         except BaseException as error:  # raised again in the consumer's thread
-            self._hand_over("error", error)
-        else:
-            self._hand_over("end", None)
+            self._ready.put(("error", error))
 
-    def _hand_over(self, kind: str, value: Any) -> bool:
+    def _has_room(self) -> bool:
         while not self._closed.is_set():
             try:
-                self._ready.put((kind, value), timeout=self._POLL_S)
+                self._room.get(timeout=self._POLL_S)
                 return True
-            except queue.Full:
+            except queue.Empty:
                 continue
         return False
 
@@ -174,6 +186,7 @@ class BackgroundBatches(Iterator[T]):
             raise StopIteration
         kind, value = self._ready.get()
         if kind == "item":
+            self._room.put(None)
             return value
         self._ended = True
         if kind == "error":
