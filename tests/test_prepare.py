@@ -177,13 +177,14 @@ def test_a_rerun_lists_what_the_previous_run_listed_while_the_export_is_parsed(s
             "before-call.s3", lambda model, **_: calls.append((model.name, threading.current_thread().name))
         )
         args = prepare.PrepareArguments(annotations=str(path), allowed_buckets=list(allowed_buckets))
-        return prepare._gather_inputs(args, s3, previous_report), calls
+        scanned = prepare._scan_ahead(previous_report, s3, args.allowed_buckets)
+        return prepare._gather_inputs(args, s3, scanned), calls
 
     first, calls = gather(None)
     assert calls == [("HeadBucket", "MainThread"), ("ListObjectsV2", "MainThread")]
     report = {"listings": [asdict(listing) for listing in listings(list(first.refs.values()))]}
     again, calls = gather(report)
-    assert sorted(calls) == [("HeadBucket", "MainThread"), ("ListObjectsV2", "scan-ahead_0")]
+    assert sorted(calls) == [("HeadBucket", "MainThread"), ("ListObjectsV2", "scan-ahead")]
     assert again.infos == first.infos and again.annotations_sha256 == first.annotations_sha256
     # A bucket the user no longer allows is not even listed.
     elsewhere, calls = gather(report, allowed_buckets=["another-bucket"])
