@@ -76,7 +76,8 @@ REGIONS_PER_RECORDING = (3, 5)
 SENTENCES_PER_REGION = (1, 3)  # regions of about 2 to 8 s, like sentence-level annotation
 CORPUS_REVISION = 2  # bump when the recipe changes: the kept corpus is then synthesised again
 SCALE = 4  # the scaling run has SCALE times the recordings
-SAMPLE_INTERVAL_S = 0.05
+SAMPLE_INTERVAL_S = 0.05  # RSS and CPU times of the measured processes
+FULL_SAMPLE_EVERY = 10  # samples; then also the process list and PSS (smaps: ms per process)
 NOOP_REPEATS = 5  # no-op reruns timed; the median is reported
 CORES = os.cpu_count() or 1
 # The environment the measured commands get, as it was when the benchmark started.
@@ -209,30 +210,41 @@ class Measured:
     peak_rss_bytes: int
     peak_pss_bytes: int
     cpu_s: float
-    server_cpu_s: float  # meanwhile: the moto server process, and this process (latency proxy, sampler)
+    server_cpu_s: float  # meanwhile: the moto server process
+    harness_cpu_s: float  # meanwhile: this process (the sampler, the latency proxy's threads)
 
 
 @dataclass
 class _TreeSampler:
-    """Samples a process tree: summed memory peaks, and each process's last seen CPU time."""
+    """Samples a process tree: summed memory peaks, and each process's last seen CPU time.
+
+    RSS and CPU times cost microseconds per process; the process list (a scan of /proc) and PSS (the
+    process's whole smaps) cost milliseconds, so they are taken every FULL_SAMPLE_EVERY samples: sampling
+    everything every 50 ms took about an eighth of this 2-core machine from the measured command.
+    """
 
     root: psutil.Process
     peak_rss: int = 0
     peak_pss: int = 0
     cpu_by_pid: dict[int, float] = field(default_factory=dict)
+    processes: list[psutil.Process] = field(default_factory=list)
+    samples: int = 0
 
     def sample(self) -> None:
-        try:
-            processes = [self.root, *self.root.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            return
+        full = self.samples % FULL_SAMPLE_EVERY == 0
+        self.samples += 1
+        if full:
+            with suppress(psutil.NoSuchProcess):
+                self.processes = [self.root, *self.root.children(recursive=True)]
         rss = pss = 0
-        for process in processes:
+        for process in self.processes:
             with suppress(psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-                memory, cpu = process.memory_full_info(), process.cpu_times()
-                rss, pss = rss + memory.rss, pss + memory.pss
+                memory = process.memory_full_info() if full else process.memory_info()
+                cpu = process.cpu_times()
+                rss, pss = rss + memory.rss, pss + (memory.pss if full else 0)
                 self.cpu_by_pid[process.pid] = cpu.user + cpu.system
-        self.peak_rss, self.peak_pss = max(self.peak_rss, rss), max(self.peak_pss, pss)
+        self.peak_rss = max(self.peak_rss, rss)
+        self.peak_pss = max(self.peak_pss, pss) if full else self.peak_pss
 
 
 def measure(command: Sequence[str], env: Mapping[str, str], log: Path) -> Measured:
@@ -240,11 +252,16 @@ def measure(command: Sequence[str], env: Mapping[str, str], log: Path) -> Measur
 
     CPU time: two lower bounds, the larger wins. The children's rusage holds every process of the tree
     that its parent waited for, however short-lived; the sampled CPU time of every process seen also
-    holds those nobody waits for (a forkserver and the workers it forks) but misses the last 50 ms of each.
+    holds those nobody waits for (a forkserver and the workers it forks) but misses the last 50 ms of each
+    (and any process that lives less than the 0.5 s between two looks at the process list).
     """
     log.parent.mkdir(parents=True, exist_ok=True)
     me = psutil.Process()
-    before, server_before = resource.getrusage(resource.RUSAGE_CHILDREN), _server_cpu(me)
+    before, server_before, harness_before = (
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+        _server_cpu(me),
+        _cpu(me),
+    )
     started = time.perf_counter()
     with open(log, "wb") as output:
         process = subprocess.Popen(
@@ -255,24 +272,37 @@ def measure(command: Sequence[str], env: Mapping[str, str], log: Path) -> Measur
             sampler.sample()
             time.sleep(SAMPLE_INTERVAL_S)
     wall = time.perf_counter() - started
-    after, server_after = resource.getrusage(resource.RUSAGE_CHILDREN), _server_cpu(me)
+    after, server_after, harness_after = (
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+        _server_cpu(me),
+        _cpu(me),
+    )
     if process.returncode:
         tail = log.read_text(errors="replace")[-3000:]
         raise RuntimeError(f"{' '.join(command[:3])} ... failed ({process.returncode}), see {log}:\n{tail}")
     reaped = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     cpu = max(reaped, sum(sampler.cpu_by_pid.values()))
-    return Measured(wall, sampler.peak_rss, sampler.peak_pss, cpu, server_after - server_before)
+    return Measured(
+        wall,
+        sampler.peak_rss,
+        sampler.peak_pss,
+        cpu,
+        server_after - server_before,
+        harness_after - harness_before,
+    )
 
 
 def _server_cpu(me: psutil.Process) -> float:
-    """CPU seconds of this process (latency proxy, sampler) and of its running children: the moto server
-    (the measured command is not running yet, or reaped already, when this is called)."""
-    total = 0.0
-    for process in [me, *me.children(recursive=True)]:
-        with suppress(psutil.Error):
-            times = process.cpu_times()
-            total += times.user + times.system
-    return total
+    """CPU seconds of this process's running children: the moto server (the measured command is not
+    running yet, or reaped already, when this is called)."""
+    return sum(_cpu(process) for process in me.children(recursive=True))
+
+
+def _cpu(process: psutil.Process) -> float:
+    with suppress(psutil.Error):
+        times = process.cpu_times()
+        return times.user + times.system
+    return 0.0
 
 
 def directory_bytes(path: Path) -> int:

@@ -5,19 +5,21 @@
 Builds (or reuses) a small feature cache from the synthetic corpus of benchmarks/prepare.py, then measures
 on this machine:
 
-1. the input path alone, as the Trainer runs it: open_cache, the training split as CacheRows (views of
-   the Arrow rows), WhisperDataCollator (compact float16 batches) and a torch DataLoader, in examples per
-   second with 0 loader workers (one core, the Trainer's default without CUDA) and with min(4, cores)
-   workers (its default with CUDA); and `model_inputs`, the padding to the model's [8, 80, 3000] input
-   that WhisperTrainer does on the device, here on this CPU (counted as input cost on this CPU);
+1. the input path alone: open_cache, the training split as CacheRows (views of the Arrow rows),
+   WhisperDataCollator (compact float16 batches) and a torch DataLoader, in examples per second with 0
+   loader workers (one core) and with min(4, cores) worker processes; and `model_inputs`, the padding to the
+   model's [8, 80, 3000] input that WhisperTrainer does on the device, here on this CPU (counted as input
+   cost on this CPU);
 2. one training step of whisper-base with a LoRA adapter (r 32 on the default targets, batch 8, fp32 on
    this CPU, AdamW), timed over a few steps after a warm-up, and its FLOPs (torch's FlopCounterMode);
 3. the input time the training loop actually waits for per step when a step takes as long as an H100's or
    an H100 MIG 1g.10gb slice's would: a loop that sleeps one estimated step between batches and times
-   each `next()`, with 0 workers, with the workers, and with the workers' batches received by a thread
-   that hands them over through a queue, as torch's pin-memory thread does with CUDA (emulated: torch
-   runs no such thread without an accelerator); plus the device padding on those GPUs, estimated from the
-   bytes it moves.
+   each `next()`, for four ways batches can reach it: made in the loop (0 workers); made ahead by
+   WhisperTrainer's BackgroundBatches thread (0 workers: the Trainer's default, the one the goals hold);
+   received from worker processes by the loop; and received from them by a thread that hands them over
+   through a queue, as torch's pin-memory thread does with CUDA (emulated: torch runs no such thread
+   without an accelerator). Each with the CPU per batch of the thread that takes the batches from the
+   loader; plus the device padding on those GPUs, estimated from the bytes it moves.
 
 The GPU step times are ESTIMATES, not measurements: the measured FLOPs of the step divided by a documented
 peak (see H100_BF16_DENSE_FLOPS) at the best documented utilisation (MFU). A 74 M-parameter model reaches
@@ -34,6 +36,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,12 +56,13 @@ from benchmarks.prepare import (
     write_export,
 )
 from whisper_pipeline.audio import AugmentationSettings
-from whisper_pipeline.batches import CacheRows, model_inputs
+from whisper_pipeline.batches import BackgroundBatches, CacheRows, model_inputs
 from whisper_pipeline.cache import open_cache
 from whisper_pipeline.constants import N_FRAMES
 from whisper_pipeline.prepare import PrepareArguments, run_prepare
 from whisper_pipeline.pretrained import ensure_pretrained
 from whisper_pipeline.train import (
+    BACKGROUND_STEPS,
     DEFAULT_LEARNING_RATE,
     DataArguments,
     LoraArguments,
@@ -97,8 +101,31 @@ ESTIMATE_NOTE = (
     "bf16 input at the H100 SXM's 3.35 TB/s (1/8 of it on a MIG 1g.10gb slice), kernel launches not counted."
 )
 GOAL_INPUT_SHARE = 0.02
-TRAINER_CUDA_WORKERS = 4  # PipelineTrainingArguments' default dataloader_num_workers with CUDA
+LOADER_WORKERS = 4  # loader processes compared with the Trainer's default (none), at most one per core
 PREFETCH_FACTOR = 2  # torch DataLoader's default: batches in flight per worker
+TRAINER_SETTING = "0+background"  # PipelineTrainingArguments' default: WhisperTrainer's background thread
+
+
+@dataclass(frozen=True)
+class LoaderSetting:
+    """How batches reach the training loop: loader processes, and the thread that takes them if any."""
+
+    workers: int
+    thread: str  # "" (the loop takes them), "background" (BackgroundBatches), "handover" (pin-memory-like)
+    description: str
+
+
+def loader_settings(workers: int) -> dict[str, LoaderSetting]:
+    return {
+        "0": LoaderSetting(0, "", "no workers, made in the loop (the Trainer without the thread)"),
+        TRAINER_SETTING: LoaderSetting(0, "background", "no workers, made ahead by a background thread"),
+        str(workers): LoaderSetting(workers, "", f"{workers} worker processes, received by the loop"),
+        f"{workers}+handover": LoaderSetting(
+            workers, "handover", f"{workers} worker processes, received by a pin-memory-like thread"
+        ),
+    }
+
+
 WARMUP_BATCHES = 3
 
 
@@ -160,19 +187,30 @@ def cpu_padding(
     return {"seconds": seconds, "compact_bytes": compact, "padded_fp32_bytes": float(padded.nbytes)}
 
 
-def _handed_over(loader: DataLoader, depth: int, thread_cpu: list[float]) -> Iterator[dict]:
-    """The loader's batches, received by a thread and handed over through a queue, as torch's pin-memory
-    thread receives them from the workers when pin_memory is on (the Trainer's default with CUDA; without
-    an accelerator torch runs no such thread, so it is emulated here, without the page-locked copy). The
-    thread's CPU seconds go to `thread_cpu`."""
+def _timed(source: Iterator[dict], cpu: list[float]) -> Iterator[dict]:
+    """The items of `source`; the CPU seconds of the thread that takes them accumulate in cpu[0]."""
+    cpu.append(0.0)
+    while True:
+        started = time.thread_time()
+        try:
+            item = next(source)
+        except StopIteration:
+            return
+        finally:
+            cpu[0] += time.thread_time() - started
+        yield item
+
+
+def _handed_over(batches: Iterator[dict], depth: int) -> Iterator[dict]:
+    """`batches` received by a thread and handed over through a queue, as torch's pin-memory thread receives
+    them from the workers when pin_memory is on (without an accelerator torch runs no such thread, so it is
+    emulated here, without the page-locked copy)."""
     handover: queue.Queue = queue.Queue(maxsize=depth)
     end = object()
 
     def receive() -> None:
-        started = time.thread_time()
-        for batch in loader:
+        for batch in batches:
             handover.put(batch)
-        thread_cpu.append(time.thread_time() - started)
         handover.put(end)
 
     threading.Thread(target=receive, name="handover", daemon=True).start()
@@ -184,20 +222,22 @@ def waited_per_step(
     dataset: CacheRows,
     collator: WhisperDataCollator,
     batch_size: int,
-    workers: int,
+    setting: LoaderSetting,
     batches: int,
     step_s: float,
-    *,
-    handover: bool = False,
 ) -> dict[str, float]:
     """Mean seconds the training loop waits in next() when each step takes `step_s` (slept: the CPU is free
-    for the loader meanwhile, as it is while a GPU computes); with `handover`, also the receiving thread's
-    CPU seconds per batch."""
-    loader = _loader(dataset, collator, batch_size, workers, batches + WARMUP_BATCHES)
-    thread_cpu: list[float] = []
-    iterator = (
-        _handed_over(loader, PREFETCH_FACTOR * max(1, workers), thread_cpu) if handover else iter(loader)
-    )
+    for the loader meanwhile, as it is while a GPU computes), and the CPU seconds per batch of the thread
+    that takes the batches from the loader (the loop's own, when no thread does)."""
+    loader = _loader(dataset, collator, batch_size, setting.workers, batches + WARMUP_BATCHES)
+    cpu: list[float] = []
+    timed = _timed(iter(loader), cpu)
+    if setting.thread == "background":  # what WhisperTrainer does without workers
+        iterator: Iterator[dict] = BackgroundBatches(timed, BACKGROUND_STEPS)
+    elif setting.thread == "handover":
+        iterator = _handed_over(timed, PREFETCH_FACTOR * setting.workers)
+    else:
+        iterator = timed
     for _ in range(WARMUP_BATCHES):
         next(iterator)
     waited = 0.0
@@ -206,12 +246,9 @@ def waited_per_step(
         next(iterator)
         waited += time.perf_counter() - started
         time.sleep(step_s)
-    for _ in iterator:  # the end: the thread's CPU time is then complete
+    for _ in iterator:  # the end: the taking thread's CPU time is then complete
         pass
-    result = {"waited": waited / batches}
-    if handover:
-        result["thread_cpu"] = thread_cpu[0] / (batches + WARMUP_BATCHES)
-    return result
+    return {"waited": waited / batches, "taker_cpu": cpu[0] / (batches + WARMUP_BATCHES)}
 
 
 def training_step(
@@ -262,7 +299,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     cache = open_cache(cache_dir, model_dir=model)
     train = CacheRows(cache.train)  # as train.py's _splits gives it
     collator = WhisperDataCollator(WhisperConfig.from_pretrained(model).decoder_start_token_id)
-    workers = min(TRAINER_CUDA_WORKERS, CORES)
+    workers = min(LOADER_WORKERS, CORES)
     batch = args.batch_size
     counts = (0, workers)
 
@@ -283,22 +320,17 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     }
     gpu_steps = {"h100": h100_step, "mig_1g": mig_step}
     print("waiting time per step at the estimated GPU step times ...", flush=True)
-    # 0 workers, the workers, and the workers received by a hand-over thread: what runs with CUDA
-    settings = {"0": (0, False), str(workers): (workers, False), f"{workers}+handover": (workers, True)}
+    settings = loader_settings(workers)
     waits = {
         name: {
-            label: waited_per_step(
-                train, collator, batch, count, args.loader_batches, step_s, handover=handover
-            )
-            for label, (count, handover) in settings.items()
+            label: waited_per_step(train, collator, batch, setting, args.wait_batches, step_s)
+            for label, setting in settings.items()
         }
         for name, step_s in gpu_steps.items()
     }
-    # On CPU the Trainer loads in the training process (0 workers) and pads there too.
+    # On CPU the Trainer loads in the training process and pads there too: counted as if in the loop.
     input_cpu = batch / throughput[0] + padding["seconds"]
-    gpu_input = {
-        name: waits[name][f"{workers}+handover"]["waited"] + device_padding[name] for name in gpu_steps
-    }
+    gpu_input = {name: waits[name][TRAINER_SETTING]["waited"] + device_padding[name] for name in gpu_steps}
     shares = {
         "cpu": input_cpu / cpu_step["seconds"],
         **{name: gpu_input[name] / gpu_steps[name] for name in gpu_steps},
@@ -311,8 +343,8 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         },
         *(
             {
-                "goal": f"input < {GOAL_INPUT_SHARE:.0%} of a step: {label} (estimated; {workers} loader "
-                "workers and the hand-over thread, device padding)",
+                "goal": f"input < {GOAL_INPUT_SHARE:.0%} of a step: {label} (estimated; the Trainer's "
+                "default: no loader workers, batches made by a background thread; device padding)",
                 "measured": f"{shares[name]:.2%} ({1000 * gpu_input[name]:.3f} ms of "
                 f"{1000 * gpu_steps[name]:.1f} ms)",
                 "passed": shares[name] < GOAL_INPUT_SHARE,
@@ -345,18 +377,21 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             name: {label: round(value["waited"], 6) for label, value in by_label.items()}
             for name, by_label in waits.items()
         },
-        "handover_thread_cpu_seconds_per_batch": {
-            name: round(by_label[f"{workers}+handover"]["thread_cpu"], 6) for name, by_label in waits.items()
+        "taker_cpu_seconds_per_batch": {
+            name: {label: round(value["taker_cpu"], 6) for label, value in by_label.items()}
+            for name, by_label in waits.items()
         },
+        "settings": {label: setting.description for label, setting in settings.items()},
+        "trainer_setting": TRAINER_SETTING,
         "input_share_of_step": {name: round(value, 5) for name, value in shares.items()},
         "goals": goals,
     }
-    document["markdown"] = markdown(document, workers)
+    document["markdown"] = markdown(document)
     document["wall_seconds"] = round(time.perf_counter() - started, 1)
     return document
 
 
-def markdown(document: Mapping[str, Any], workers: int) -> str:
+def markdown(document: Mapping[str, Any]) -> str:
     throughput, batch = document["loader_examples_per_second"], document["batch_size"]
     estimates, waits = document["estimates"], document["waited_per_step_seconds"]
     cpu, padding = document["cpu_step"], document["cpu_padding"]
@@ -395,36 +430,33 @@ def markdown(document: Mapping[str, Any], workers: int) -> str:
             f"{1000 * estimates['mig_1g_step_seconds']:.1f} ms",
         ],
     ]
-    labels = {"h100": "H100", "mig_1g": "MIG 1g.10gb"}
-
-    def setting(label: str) -> str:
-        count, _, handover = label.partition("+")
-        return f"{count} workers" + (", hand-over thread" if handover else "")
-
-    waited = (
+    taker_cpu = document["taker_cpu_seconds_per_batch"]
+    waited = [
         [
-            [
-                f"waited in next() per step at the {labels[name]} step ({setting(label)})",
-                f"{1000 * value:.3f} ms",
-            ]
-            for name, by_label in waits.items()
-            for label, value in by_label.items()
+            description + (" (the Trainer's default)" if label == TRAINER_SETTING else ""),
+            *(
+                f"{1000 * figures[name][label]:.3f} ms"
+                for name in ("h100", "mig_1g")
+                for figures in (waits, taker_cpu)
+            ),
         ]
-        + [
-            [
-                f"hand-over thread CPU per batch at the {labels[name]} step (beside the loop)",
-                f"{1000 * value:.3f} ms",
-            ]
-            for name, value in document["handover_thread_cpu_seconds_per_batch"].items()
-        ]
-        + [
-            [
-                f"device padding per step, {labels[name]} (estimate)",
-                f"{1000 * estimates[f'{name}_device_padding_seconds']:.4f} ms",
-            ]
-            for name in labels
-        ]
-    )
+        for label, description in document["settings"].items()
+    ]
+    padding_row = [
+        "device padding per step (estimate)",
+        *(
+            cell
+            for name in ("h100", "mig_1g")
+            for cell in (f"{1000 * estimates[f'{name}_device_padding_seconds']:.4f} ms", "")
+        ),
+    ]
+    waited_header = [
+        "batches reach the loop",
+        "waited per step, H100 step",
+        "CPU per batch of the taking thread, H100 step",
+        "waited per step, MIG 1g.10gb step",
+        "CPU per batch of the taking thread, MIG step",
+    ]
     goals = [
         [goal["goal"], goal["measured"], "PASS" if goal["passed"] else "FAIL"] for goal in document["goals"]
     ]
@@ -435,7 +467,7 @@ def markdown(document: Mapping[str, Any], workers: int) -> str:
             f"{padding['compact_feature_bytes_per_batch'] / 1e6:.2f} MB per batch, padded fp32 input "
             f"{padding['padded_fp32_bytes_per_batch'] / 1e6:.2f} MB)**",
             markdown_table(["", "examples per second", "per batch"], loader + steps),
-            markdown_table(["", "time"], waited),
+            markdown_table(waited_header, [*waited, padding_row]),
             ESTIMATE_NOTE + " Sources: " + "; ".join(SOURCES.values()) + ".",
             "**Goals**",
             markdown_table(["goal", "measured", "result"], goals),
@@ -451,6 +483,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--steps", type=int, default=3, help="timed training steps after one warm-up step")
     parser.add_argument("--loader-batches", type=int, default=60, help="batches timed per loader setting")
+    parser.add_argument("--wait-batches", type=int, default=400, help="steps timed per setting and GPU step")
     parser.add_argument("--model", default="model", help="whisper-base directory (built if missing)")
     parser.add_argument("--workdir", default="benchmarks/work", help="shared with benchmarks/prepare.py")
     parser.add_argument("--output", default="benchmarks/results/train_input.json")
