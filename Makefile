@@ -34,6 +34,8 @@ model: setup
 	$(PY) -m whisper_pipeline.pretrained --output model
 
 ## Benchmarks (a few minutes on 2 cores): stage 1 against the seed's approach, then the training input path.
-## Both always run; the target fails if either misses a goal. Results: benchmarks/results/*.json.
+## Both always run; the target fails if either misses a goal. Results: benchmarks/results/*.json, whose
+## tables then go into the READMEs (benchmarks/readme.py).
 bench: setup model
-	$(PY) -m benchmarks.prepare; prepare=$$?; $(PY) -m benchmarks.train_input && exit $$prepare
+	$(PY) -m benchmarks.prepare; prepare=$$?; $(PY) -m benchmarks.train_input; train=$$?; \
+	$(PY) -m benchmarks.readme && exit $$((prepare || train))
