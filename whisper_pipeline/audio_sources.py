@@ -352,15 +352,19 @@ class Scan:
     complete: bool
 
 
+def _keys_by_bucket(refs: Sequence[AudioRef]) -> dict[str, set[str]]:
+    keys: dict[str, set[str]] = {}
+    for ref in refs:
+        if ref.kind == "s3":
+            keys.setdefault(ref.bucket, set()).add(ref.key)
+    return keys
+
+
 def listings(refs: Sequence[AudioRef]) -> list[Listing]:
     """The listings stat_all makes for `refs`: one per bucket holding at least LIST_MIN_OBJECTS of them,
     under their common prefix (S3 prefixes are character prefixes, not path components)."""
-    keys_by_bucket: dict[str, set[str]] = {}
-    for ref in refs:
-        if ref.kind == "s3":
-            keys_by_bucket.setdefault(ref.bucket, set()).add(ref.key)
     plans = []
-    for bucket, keys in sorted(keys_by_bucket.items()):
+    for bucket, keys in sorted(_keys_by_bucket(refs).items()):
         if len(keys) >= LIST_MIN_OBJECTS:
             first, last = min(keys), max(keys)
             shared = next(
@@ -378,8 +382,9 @@ def stat_all(
     A rerun that finds its cache current costs a few requests, not one per recording. A complete scan in
     `scanned` (see `scan`) that covers a listing's prefix stands for that listing."""
     listed: dict[tuple[str, str], ObjectInfo] = {}
+    keys_by_bucket = _keys_by_bucket(refs)
     for listing in listings(refs):
-        keys = {ref.key for ref in refs if ref.kind == "s3" and ref.bucket == listing.bucket}
+        keys = keys_by_bucket[listing.bucket]
         covering = [
             done
             for plan, done in (scanned or {}).items()
