@@ -54,7 +54,15 @@ from whisper_pipeline.audio import (
     cut,
     limit_threads,
 )
-from whisper_pipeline.cache import CacheLayout, RowSource, ShardStore, cache_features, finalize
+from whisper_pipeline.cache import (
+    CacheLayout,
+    RowSource,
+    ShardStore,
+    cache_features,
+    encode_shard,
+    finalize,
+    shard_schema,
+)
 from whisper_pipeline.constants import SAMPLE_RATE
 from whisper_pipeline.demo import PITCHES, SPEEDS, VOICES, demo_sentences
 from whisper_pipeline.features import LabelEncoder, LogMelFeaturizer
@@ -64,7 +72,7 @@ from whisper_pipeline.pretrained import ensure_pretrained
 from whisper_pipeline.s3_proxy import S3Proxy
 from whisper_pipeline.segments import TRAIN, assign_splits, pack_windows
 from whisper_pipeline.synthetic import LabelStudioExport, Part, Utterance, compose, encode_audio, synthesize
-from whisper_pipeline.worker import RecordingWork, init_worker, process_recording
+from whisper_pipeline.worker import RecordingWork, init_worker, process_recording, recording_rows
 
 REPO = Path(__file__).resolve().parents[1]
 BUCKET = "bench-speech"
@@ -477,15 +485,18 @@ def _stage_seconds(
     directory: Path, recordings: Sequence[Recording], model: Path, workdir: Path
 ) -> dict[str, float]:
     """CPU seconds of each stage over `recordings`, in this process with one BLAS/torch thread, like a
-    worker. decode + resample + augment + log-mel is a worker's share; tokenize (window planning) and
-    write (shards, then the final splits) the main process's. `worker_check` is process_recording timed
-    whole: it should match the worker's stages."""
+    worker. decode + resample + augment + log-mel is a worker's share; tokenize (window planning) is the
+    main process's; write is both: a worker encodes a recording's rows as an Arrow shard, the main process
+    stores the shard, then writes the final splits. `worker_check` is process_recording timed whole: it
+    should match the worker's stages and its part of write."""
     from transformers import WhisperTokenizerFast
 
     limit_threads()
     settings = AugmentationSettings()
     featurizer = LogMelFeaturizer.from_pretrained(model)
-    init_worker(featurizer, settings, SEED)  # as in a worker: process_recording runs as there
+    features = cache_features(featurizer.n_mels)
+    schema = shard_schema(features)
+    init_worker(featurizer, settings, SEED, schema)  # as in a worker: process_recording runs as there
     encoder = LabelEncoder(WhisperTokenizerFast.from_pretrained(str(model)), LANGUAGE, "transcribe")
     workdir.mkdir(parents=True, exist_ok=True)
     export = write_export(recordings, workdir / "sample_export.json")
@@ -503,8 +514,7 @@ def _stage_seconds(
 
     layout = CacheLayout(workdir / "sample_cache")
     shutil.rmtree(layout.root, ignore_errors=True)
-    features = cache_features(featurizer.n_mels)
-    store = ShardStore(layout, features)
+    store = ShardStore(layout)
     sources: list[RowSource] = []
     by_name = {recording.uri: recording for recording in recordings}
     for task in tasks:
@@ -524,7 +534,9 @@ def _stage_seconds(
                 timed("log-mel", featurizer.compute, variant)
         work = RecordingWork(task.task_id, task.audio_uri, splits[task.audio_uri], tuple(windows), copies)
         outcome = timed("worker_check", process_recording, work, data)
-        timed("write", store.write, work.key, outcome.rows, {"split": work.split})
+        rows, _, _ = recording_rows(work, samples)  # the rows process_recording encoded
+        timed("write", encode_shard, rows, schema)
+        timed("write", store.write, work.key, outcome.shard, {"split": work.split, "rows": outcome.rows})
         sources.append(RowSource(work.split, store.arrow_path(work.key)))
     timed("write", finalize, layout, sources, features, {}, lambda size: {"cache_bytes": size})
     shutil.rmtree(workdir, ignore_errors=True)

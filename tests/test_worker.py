@@ -1,4 +1,4 @@
-"""The feature worker: one recording's bytes -> rows, in a process that imports only what it runs."""
+"""The feature worker: one recording's bytes -> its shard, in a process that imports only what it runs."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from whisper_pipeline.audio import AugmentationSettings, augment, augmentation_seed, cut, decode_audio
+from whisper_pipeline.cache import cache_features, shard_schema
 from whisper_pipeline.features import LogMelFeaturizer
 from whisper_pipeline.segments import Window
 from whisper_pipeline.worker import RecordingWork, init_worker, process_recording
@@ -26,6 +28,15 @@ def featurizer(tiny_model_dir) -> LogMelFeaturizer:
     return LogMelFeaturizer.from_pretrained(tiny_model_dir)
 
 
+@pytest.fixture(scope="module")
+def schema(featurizer) -> pa.Schema:
+    return shard_schema(cache_features(featurizer.n_mels))
+
+
+def shard_rows(shard: bytes) -> list[dict]:
+    return pa.ipc.open_stream(shard).read_all().to_pylist()
+
+
 @pytest.fixture
 def recording_work(multi_utterance_recording) -> RecordingWork:
     windows = tuple(
@@ -35,48 +46,66 @@ def recording_work(multi_utterance_recording) -> RecordingWork:
     return RecordingWork(key="k", audio_uri="s3://bucket/call.flac", split="train", windows=windows, copies=1)
 
 
-def test_rows_are_each_window_and_its_augmented_copy(featurizer, multi_utterance_recording, recording_work):
-    init_worker(featurizer, AugmentationSettings(), SEED)
+def test_rows_are_each_window_and_its_augmented_copy(
+    featurizer, schema, multi_utterance_recording, recording_work
+):
+    init_worker(featurizer, AugmentationSettings(), SEED, schema)
     data = multi_utterance_recording.path.read_bytes()
     outcome = process_recording(recording_work, data)
 
     assert not outcome.failed and outcome.skips == []
-    assert [(row["segment_id"], row["augmentation"]) for row in outcome.rows] == [
+    rows = shard_rows(outcome.shard)
+    assert [(row["segment_id"], row["augmentation"]) for row in rows] == [
         (window.window_id, copy) for window in recording_work.windows for copy in (0, 1)
     ]
+    assert (outcome.rows, outcome.windows, outcome.augmented_rows) == (
+        len(rows),
+        len(recording_work.windows),
+        len(recording_work.windows),
+    )
     samples = decode_audio(data, name="call.flac")
     for window, (clean_row, augmented_row) in zip(
-        recording_work.windows, zip(outcome.rows[::2], outcome.rows[1::2], strict=True), strict=True
+        recording_work.windows, zip(rows[::2], rows[1::2], strict=True), strict=True
     ):
-        clean = cut(samples, window.start, window.end)
-        variant = augment(clean, AugmentationSettings(), augmentation_seed(SEED, window.window_id, 1))
-        np.testing.assert_array_equal(clean_row["input_features"], featurizer.compute(clean).frames)
-        np.testing.assert_array_equal(augmented_row["input_features"], featurizer.compute(variant).frames)
+        clean = featurizer.compute(cut(samples, window.start, window.end))
+        variant = featurizer.compute(
+            augment(
+                cut(samples, window.start, window.end),
+                AugmentationSettings(),
+                augmentation_seed(SEED, window.window_id, 1),
+            )
+        )
+        for row, features in ((clean_row, clean), (augmented_row, variant)):
+            assert np.array(row["input_features"], dtype=np.float16).tobytes() == features.frames.tobytes()
+            assert row["pad_value"] == pytest.approx(features.pad_value)
         assert clean_row["labels"] == augmented_row["labels"] == list(window.labels)
+        assert clean_row["recording_key"] == recording_work.key
     assert outcome.audio_seconds == pytest.approx(sum(w.duration for w in recording_work.windows), abs=1e-3)
 
 
-def test_undecodable_bytes_fail_the_recording_with_a_counted_reason(featurizer, recording_work):
-    init_worker(featurizer, AugmentationSettings(), SEED)
+def test_undecodable_bytes_fail_the_recording_with_a_counted_reason(featurizer, schema, recording_work):
+    init_worker(featurizer, AugmentationSettings(), SEED, schema)
     outcome = process_recording(recording_work, b"this is not audio")
-    assert outcome.failed and outcome.rows == []
+    assert outcome.failed and outcome.rows == 0 and outcome.shard == b""
     assert [skip.reason for skip in outcome.skips] == ["unsupported_format"]
 
 
 def test_a_worker_process_imports_no_torch_transformers_datasets_or_s3_client(
-    tmp_path, featurizer, multi_utterance_recording, recording_work
+    tmp_path, featurizer, schema, multi_utterance_recording, recording_work
 ):
     """What keeps a worker's start-up short and its memory small: it runs only decode, augment, log-mel."""
     job = tmp_path / "job.pickle"
-    job.write_bytes(pickle.dumps((featurizer, recording_work, multi_utterance_recording.path.read_bytes())))
+    job.write_bytes(
+        pickle.dumps((featurizer, schema, recording_work, multi_utterance_recording.path.read_bytes()))
+    )
     probe = (
         "import json, pickle, sys\n"
         "from whisper_pipeline.worker import init_worker, process_recording\n"
         "from whisper_pipeline.audio import AugmentationSettings\n"
-        f"featurizer, work, data = pickle.loads(open({str(job)!r}, 'rb').read())\n"
-        f"init_worker(featurizer, AugmentationSettings(), {SEED})\n"
+        f"featurizer, schema, work, data = pickle.loads(open({str(job)!r}, 'rb').read())\n"
+        f"init_worker(featurizer, AugmentationSettings(), {SEED}, schema)\n"
         "outcome = process_recording(work, data)\n"
-        f"print(json.dumps([len(outcome.rows), [m for m in {HEAVY_MODULES!r} if m in sys.modules]]))\n"
+        f"print(json.dumps([outcome.rows, [m for m in {HEAVY_MODULES!r} if m in sys.modules]]))\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT

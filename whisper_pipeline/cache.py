@@ -11,6 +11,11 @@
 
 Features are stored unpadded (time-major float16 frames that hold audio) with the single value every
 padding frame takes, so the padded 30 s input is reconstructed exactly (see features.py).
+
+A shard holds the rows with plain Arrow types (`shard_schema`): the feature workers encode them
+(`encode_shard`) without importing datasets, which costs each process a second, and the main process only
+writes the bytes. datasets is imported where a split is written or read, not on import of this module: a
+rerun that finds its cache current, and the workers, never load it.
 """
 
 from __future__ import annotations
@@ -23,16 +28,17 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import datasets
+import numpy as np
 import pyarrow as pa
-from datasets import Array2D, Features, List, Value
-from datasets.arrow_writer import ArrowWriter
 from filelock import FileLock, Timeout
 
 from whisper_pipeline.errors import CacheError
 from whisper_pipeline.segments import SPLITS
+
+if TYPE_CHECKING:
+    import datasets
 
 FORMAT_VERSION = 1
 REPORT_NAME = "prepare_report.json"
@@ -50,8 +56,10 @@ PROCESSOR_FILES = (
 )
 
 
-def cache_features(num_mel_bins: int) -> Features:
+def cache_features(num_mel_bins: int) -> datasets.Features:
     """The row schema of both splits."""
+    from datasets import Array2D, Features, List, Value
+
     return Features(
         {
             "input_features": Array2D(shape=(None, num_mel_bins), dtype="float16"),
@@ -67,6 +75,47 @@ def cache_features(num_mel_bins: int) -> Features:
             "recording_key": Value("string"),
         }
     )
+
+
+def shard_schema(features: datasets.Features) -> pa.Schema:
+    """The schema of a shard: the cache's, each extension column (the features' Array2D) as its storage
+    type, which pyarrow alone can build. `_as_cache_table` puts the extension types back, without a copy."""
+    return pa.schema(
+        pa.field(column.name, _storage_type(column.type), column.nullable) for column in features.arrow_schema
+    )
+
+
+def _storage_type(arrow_type: pa.DataType) -> pa.DataType:
+    return arrow_type.storage_type if isinstance(arrow_type, pa.ExtensionType) else arrow_type
+
+
+def encode_shard(rows: Sequence[Mapping[str, Any]], schema: pa.Schema) -> bytes:
+    """One recording's rows (at least one) as an Arrow IPC stream of one record batch. A 2-D array (the
+    features: frames x mel bins) becomes lists of lists over one contiguous buffer; other values convert
+    as they are."""
+    columns = [
+        _nested_lists([row[column.name] for row in rows], column.type)
+        if pa.types.is_list(column.type) and pa.types.is_list(column.type.value_type)
+        else pa.array([row[column.name] for row in rows], type=column.type)
+        for column in schema
+    ]
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, schema) as writer:
+        writer.write_batch(pa.RecordBatch.from_arrays(columns, schema=schema))
+    return sink.getvalue().to_pybytes()
+
+
+def _nested_lists(matrices: Sequence[np.ndarray], arrow_type: pa.DataType) -> pa.Array:
+    lengths = np.array([len(matrix) for matrix in matrices], dtype=np.int64)
+    inner = pa.ListArray.from_arrays(
+        pa.array(np.arange(int(lengths.sum()) + 1, dtype=np.int32) * matrices[0].shape[1]),
+        pa.array(
+            np.concatenate([matrix.reshape(-1) for matrix in matrices]), type=arrow_type.value_type.value_type
+        ),
+    )
+    outer = np.zeros(len(matrices) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=outer[1:])
+    return pa.ListArray.from_arrays(pa.array(outer), inner)
 
 
 def stable_hash(value: Any) -> str:
@@ -158,9 +207,8 @@ class ShardResult:
 class ShardStore:
     """Per-recording results of the build in progress; survive kill -9, so a rerun resumes."""
 
-    def __init__(self, layout: CacheLayout, features: Features):
+    def __init__(self, layout: CacheLayout):
         self.directory = layout.staging
-        self.features = features
         self.directory.mkdir(parents=True, exist_ok=True)
 
     def arrow_path(self, key: str) -> Path:
@@ -176,24 +224,23 @@ class ShardStore:
             return None
         return ShardResult(key, meta["rows"], meta)
 
-    def write(self, key: str, rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> ShardResult:
-        if rows:
+    def write(self, key: str, shard: bytes, meta: Mapping[str, Any]) -> ShardResult:
+        """Store a recording's shard (`encode_shard`'s bytes; none when it has no rows) and then its meta,
+        which holds its number of rows."""
+        if meta["rows"]:
             temporary = self.directory / f".{key}.arrow.tmp"
-            writer = ArrowWriter(features=self.features, path=str(temporary))
-            for row in rows:
-                writer.write(dict(row))
-            writer.finalize()
-            writer.close()
+            temporary.write_bytes(shard)
             os.replace(temporary, self.arrow_path(key))
-        full_meta = {**meta, "rows": len(rows)}
-        atomic_write_bytes(self.directory / f"{key}.json", json.dumps(full_meta, sort_keys=True).encode())
-        return ShardResult(key, len(rows), full_meta)
+        atomic_write_bytes(self.directory / f"{key}.json", json.dumps(dict(meta), sort_keys=True).encode())
+        return ShardResult(key, meta["rows"], meta)
 
     def clear(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
 def load_split(root: Path, split: str) -> datasets.Dataset:
+    import datasets
+
     return datasets.load_from_disk(str(root / split))
 
 
@@ -238,7 +285,7 @@ class RowSource:
 def finalize(
     layout: CacheLayout,
     sources: Sequence[RowSource],
-    features: Features,
+    features: datasets.Features,
     recordings: Mapping[str, Mapping[str, Any]],
     make_report: Callable[[int], Mapping[str, Any]],
 ) -> Mapping[str, Any]:
@@ -260,7 +307,7 @@ def finalize(
                 continue
             if source.shard is not None:
                 with pa.OSFile(str(source.shard)) as shard:  # read, not mapped: see _write_split
-                    yield pa.ipc.open_stream(shard).read_all().combine_chunks()
+                    yield _as_cache_table(pa.ipc.open_stream(shard).read_all(), features.arrow_schema)
             elif source.previous_indices:
                 if split not in previous:
                     previous[split] = load_split(layout.root, split)
@@ -292,7 +339,21 @@ def finalize(
     return report
 
 
-def _write_split(directory: Path, tables: Iterable[pa.Table], features: Features, fingerprint: str) -> None:
+def _as_cache_table(shard: pa.Table, schema: pa.Schema) -> pa.Table:
+    """A shard's rows with the cache's column types: each storage column wrapped in its extension type."""
+    columns = [column.combine_chunks() for column in shard.columns]
+    return pa.Table.from_arrays(
+        [
+            pa.ExtensionArray.from_storage(field.type, column) if column.type != field.type else column
+            for column, field in zip(columns, schema, strict=True)
+        ],
+        schema=schema,
+    )
+
+
+def _write_split(
+    directory: Path, tables: Iterable[pa.Table], features: datasets.Features, fingerprint: str
+) -> None:
     """One split in the folder layout of `Dataset.save_to_disk`, written one recording at a time.
 
     save_to_disk over the concatenated shards would memory-map every shard at once and touch all of them:
@@ -300,6 +361,9 @@ def _write_split(directory: Path, tables: Iterable[pa.Table], features: Features
     read into memory instead, written, and let go. `fingerprint` goes to state.json, as save_to_disk
     writes the dataset's: load_from_disk derives the loaded dataset's from it.
     """
+    import datasets
+    from datasets.arrow_writer import ArrowWriter
+
     directory.mkdir()
     writer = ArrowWriter(features=features, path=str(directory / SPLIT_DATA_FILE))
     try:

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 from tqdm.auto import tqdm
 
 from whisper_pipeline import __version__
@@ -66,6 +67,7 @@ from whisper_pipeline.cache import (
     previous_recordings,
     processor_fingerprint,
     read_report,
+    shard_schema,
     stable_hash,
 )
 from whisper_pipeline.config import parse_config, to_plain_dict
@@ -361,7 +363,8 @@ def _build(
 ) -> Mapping[str, Any]:
     """Plan windows and splits, compute what neither staged shards nor the previous cache hold, finalize."""
     featurizer = LogMelFeaturizer.from_pretrained(model_dir)  # another log-mel is refused before any work
-    with _feature_workers(args, featurizer, augmentation) as workers:
+    features = cache_features(featurizer.n_mels)
+    with _feature_workers(args, featurizer, augmentation, shard_schema(features)) as workers:
         encoder = LabelEncoder(_load_tokenizer(model_dir), args.language, args.task)
         windows_by_uri, window_skips = _plan_windows(inputs, encoder, args.max_window_seconds)
         unavailable = [skip for skip in inputs.unavailable if skip.audio_uri in windows_by_uri]
@@ -374,8 +377,7 @@ def _build(
             )
             for uri in sorted(infos)
         }
-        features = cache_features(featurizer.n_mels)
-        store = ShardStore(layout, features)
+        store = ShardStore(layout)
         previous = {} if args.force else previous_recordings(layout.root)
         sizes = {uri: int(info["size"]) for uri, info in infos.items()}
         results = _build_recordings(works, inputs.refs, sizes, store, previous, args, workers, s3)
@@ -572,8 +574,9 @@ def _read_annotations(location: str, s3: _S3Access) -> bytes:
 def _meta_of(work: RecordingWork, outcome: RecordingOutcome) -> dict[str, Any]:
     return {
         "split": work.split,
-        "windows": len({row["segment_id"] for row in outcome.rows}),
-        "augmented_rows": sum(1 for row in outcome.rows if row["augmentation"]),
+        "rows": outcome.rows,
+        "windows": outcome.windows,
+        "augmented_rows": outcome.augmented_rows,
         "audio_seconds": round(outcome.audio_seconds, 3),
         "failed": outcome.failed,
         "skips": [asdict(skip) for skip in outcome.skips],
@@ -690,11 +693,11 @@ def _compute(
                     if not isinstance(error, AudioSourceError):
                         raise error
                     skip = Skip(error.reason, work.windows[0].task_id, work.audio_uri, str(error))
-                    meta = {**_meta_of(work, RecordingOutcome([], [skip], 0.0, True)), "rows": 0}
+                    meta = _meta_of(work, RecordingOutcome(b"", 0, 0, 0, [skip], 0.0, failed=True))
                     results[work.audio_uri] = RecordingResult(meta, "computed", None)
                 else:
                     outcome = future.result()
-                    shard = store.write(work.key, outcome.rows, _meta_of(work, outcome))
+                    shard = store.write(work.key, outcome.shard, _meta_of(work, outcome))
                     path = store.arrow_path(work.key) if shard.rows else None
                     results[work.audio_uri] = RecordingResult(
                         shard.meta, "computed", RowSource(work.split, path)
@@ -714,7 +717,10 @@ def _worker_count(args: PrepareArguments) -> int:
 
 @contextmanager
 def _feature_workers(
-    args: PrepareArguments, featurizer: LogMelFeaturizer, augmentation: AugmentationSettings
+    args: PrepareArguments,
+    featurizer: LogMelFeaturizer,
+    augmentation: AugmentationSettings,
+    schema: pa.Schema,
 ) -> Iterator[ProcessPoolExecutor]:
     """The feature worker processes, started at once so that they import (1.5 s each) while the main
     process loads the tokenizer and plans. The executor starts a process for each task submitted while
@@ -724,7 +730,7 @@ def _feature_workers(
         count,
         mp_context=multiprocessing.get_context("spawn"),
         initializer=init_worker,
-        initargs=(featurizer, augmentation, args.seed),
+        initargs=(featurizer, augmentation, args.seed, schema),
     )
     try:
         for _ in range(count):

@@ -1,14 +1,18 @@
-"""The feature workers of prepare_data.py: one recording's bytes -> its cache rows.
+"""The feature workers of prepare_data.py: one recording's bytes -> its shard (the rows as Arrow bytes).
 
 A module of its own so that a worker process imports only what it runs (decoding, augmentation, the
-log-mel): no torch, transformers, datasets or S3 client. That keeps each worker's start-up (1.5 s) and
-memory (110 MB) small; the main process reads the feature extractor's settings and hands the log-mel over.
+log-mel, pyarrow for the shard): no torch, transformers, datasets or S3 client. That keeps each worker's
+start-up (1.5 s) and memory (110 MB) small; the main process reads the feature extractor's settings and the
+cache's schema, hands them over, and only writes the shards the workers encode.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
+import pyarrow as pa
 
 from whisper_pipeline.annotations import Skip
 from whisper_pipeline.audio import (
@@ -20,6 +24,7 @@ from whisper_pipeline.audio import (
     decode_audio,
     limit_threads,
 )
+from whisper_pipeline.cache import encode_shard
 from whisper_pipeline.constants import CHUNK_SECONDS, SAMPLE_RATE
 from whisper_pipeline.features import LogMelFeaturizer
 from whisper_pipeline.segments import Window
@@ -40,7 +45,10 @@ class RecordingWork:
 class RecordingOutcome:
     """What a worker made of one recording."""
 
-    rows: list[dict[str, Any]]
+    shard: bytes  # the rows, as encode_shard's Arrow stream (empty when there are none)
+    rows: int
+    windows: int  # windows with at least one row
+    augmented_rows: int
     skips: list[Skip]
     audio_seconds: float  # clean window seconds that made it into the cache
     failed: bool  # the recording as a whole could not be used
@@ -49,24 +57,42 @@ class RecordingOutcome:
 _state: dict[str, Any] = {}
 
 
-def init_worker(featurizer: LogMelFeaturizer, augmentation: AugmentationSettings, seed: int) -> None:
-    """Per worker process: one BLAS thread; the log-mel the main process built from the model's settings."""
+def init_worker(
+    featurizer: LogMelFeaturizer, augmentation: AugmentationSettings, seed: int, schema: pa.Schema
+) -> None:
+    """Per worker process: one BLAS thread; the log-mel the main process built from the model's settings,
+    and the shard schema (cache.shard_schema) the rows are encoded in."""
     limit_threads()
     import audiomentations  # noqa: F401  (now, while the main process plans, not in the first recording)
 
-    _state["featurizer"] = featurizer
-    _state["augmentation"] = augmentation
-    _state["seed"] = seed
+    _state.update(featurizer=featurizer, augmentation=augmentation, seed=seed, schema=schema)
 
 
 def process_recording(work: RecordingWork, data: bytes) -> RecordingOutcome:
-    """Decode once, then cut, augment and featurize every window of the recording."""
-    featurizer: LogMelFeaturizer = _state["featurizer"]
+    """Decode once, then cut, augment and featurize every window of the recording; encode the rows."""
     try:
         samples = decode_audio(data, name=work.audio_uri)
     except AudioDecodeError as error:
         skip = Skip(error.reason, work.windows[0].task_id, work.audio_uri, str(error))
-        return RecordingOutcome([], [skip], 0.0, failed=True)
+        return RecordingOutcome(b"", 0, 0, 0, [skip], 0.0, failed=True)
+    rows, skips, seconds = recording_rows(work, samples)
+    return RecordingOutcome(
+        shard=encode_shard(rows, _state["schema"]) if rows else b"",
+        rows=len(rows),
+        windows=len({row["segment_id"] for row in rows}),
+        augmented_rows=sum(1 for row in rows if row["augmentation"]),
+        skips=skips,
+        audio_seconds=seconds,
+        failed=not rows,
+    )
+
+
+def recording_rows(
+    work: RecordingWork, samples: np.ndarray
+) -> tuple[list[dict[str, Any]], list[Skip], float]:
+    """The cache rows of a decoded recording (each window, then its augmented copies), the windows that
+    could not be used, and the clean audio-seconds of those that could."""
+    featurizer: LogMelFeaturizer = _state["featurizer"]
     rows: list[dict[str, Any]] = []
     skips: list[Skip] = []
     seconds = 0.0
@@ -101,4 +127,4 @@ def process_recording(work: RecordingWork, data: bytes) -> RecordingOutcome:
                     "recording_key": work.key,
                 }
             )
-    return RecordingOutcome(rows, skips, seconds, failed=not rows)
+    return rows, skips, seconds
