@@ -72,7 +72,13 @@ from whisper_pipeline.pretrained import ensure_pretrained
 from whisper_pipeline.s3_proxy import S3Proxy
 from whisper_pipeline.segments import TRAIN, assign_splits, pack_windows
 from whisper_pipeline.synthetic import LabelStudioExport, Part, Utterance, compose, encode_audio, synthesize
-from whisper_pipeline.worker import RecordingWork, init_worker, process_recording, recording_rows
+from whisper_pipeline.worker import (
+    RecordingWork,
+    WorkerSetup,
+    init_worker,
+    process_recording,
+    recording_rows,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 BUCKET = "bench-speech"
@@ -85,7 +91,8 @@ SENTENCES_PER_REGION = (1, 3)  # regions of about 2 to 8 s, like sentence-level 
 CORPUS_REVISION = 2  # bump when the recipe changes: the kept corpus is then synthesised again
 SCALE = 4  # the scaling run has SCALE times the recordings
 SAMPLE_INTERVAL_S = 0.05  # RSS and CPU times of the measured processes
-FULL_SAMPLE_EVERY = 10  # samples; then also the process list and PSS (smaps: ms per process)
+PROCESS_LIST_EVERY = 10  # samples; then also the process list (a scan of /proc: ~3 ms)
+PSS_EVERY = 40  # samples; then also each process's PSS (the kernel walks its page tables: ~7 ms apiece)
 NOOP_REPEATS = 5  # no-op reruns timed; the median is reported
 CORES = os.cpu_count() or 1
 # The environment the measured commands get, as it was when the benchmark started.
@@ -227,8 +234,9 @@ class _TreeSampler:
     """Samples a process tree: summed memory peaks, and each process's last seen CPU time.
 
     RSS and CPU times cost microseconds per process; the process list (a scan of /proc) and PSS (the
-    process's whole smaps) cost milliseconds, so they are taken every FULL_SAMPLE_EVERY samples: sampling
-    everything every 50 ms took about an eighth of this 2-core machine from the measured command.
+    kernel sums the process's page tables) cost milliseconds, so they are taken less often: sampling
+    everything every 50 ms took about an eighth of this 2-core machine from the measured command, the
+    PSS of every process every 0.5 s still 3 to 4 CPU-seconds of a one-minute run.
     """
 
     root: psutil.Process
@@ -239,20 +247,20 @@ class _TreeSampler:
     samples: int = 0
 
     def sample(self) -> None:
-        full = self.samples % FULL_SAMPLE_EVERY == 0
-        self.samples += 1
-        if full:
+        with_pss = self.samples % PSS_EVERY == 0
+        if self.samples % PROCESS_LIST_EVERY == 0:
             with suppress(psutil.NoSuchProcess):
                 self.processes = [self.root, *self.root.children(recursive=True)]
+        self.samples += 1
         rss = pss = 0
         for process in self.processes:
             with suppress(psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-                memory = process.memory_full_info() if full else process.memory_info()
+                memory = process.memory_full_info() if with_pss else process.memory_info()
                 cpu = process.cpu_times()
-                rss, pss = rss + memory.rss, pss + (memory.pss if full else 0)
+                rss, pss = rss + memory.rss, pss + (memory.pss if with_pss else 0)
                 self.cpu_by_pid[process.pid] = cpu.user + cpu.system
         self.peak_rss = max(self.peak_rss, rss)
-        self.peak_pss = max(self.peak_pss, pss) if full else self.peak_pss
+        self.peak_pss = max(self.peak_pss, pss)
 
 
 def measure(command: Sequence[str], env: Mapping[str, str], log: Path) -> Measured:
@@ -486,8 +494,8 @@ def _stage_seconds(
 ) -> dict[str, float]:
     """CPU seconds of each stage over `recordings`, in this process with one BLAS/torch thread, like a
     worker. decode + resample + augment + log-mel is a worker's share; tokenize (window planning) is the
-    main process's; write is both: a worker encodes a recording's rows as an Arrow shard, the main process
-    stores the shard, then writes the final splits. `worker_check` is process_recording timed whole: it
+    main process's; write is both: a worker encodes and writes a recording's shard, the main process
+    commits its meta, then writes the final splits. `worker_check` is process_recording timed whole: it
     should match the worker's stages and its part of write."""
     from transformers import WhisperTokenizerFast
 
@@ -496,7 +504,11 @@ def _stage_seconds(
     featurizer = LogMelFeaturizer.from_pretrained(model)
     features = cache_features(featurizer.n_mels)
     schema = shard_schema(features)
-    init_worker(featurizer, settings, SEED, schema)  # as in a worker: process_recording runs as there
+    layout = CacheLayout(workdir / "sample_cache")
+    shutil.rmtree(layout.root, ignore_errors=True)
+    store = ShardStore(layout.staging)
+    # As in a worker: process_recording runs as there.
+    init_worker(WorkerSetup(featurizer, settings, SEED, schema, store.directory))
     encoder = LabelEncoder(WhisperTokenizerFast.from_pretrained(str(model)), LANGUAGE, "transcribe")
     workdir.mkdir(parents=True, exist_ok=True)
     export = write_export(recordings, workdir / "sample_export.json")
@@ -512,9 +524,6 @@ def _stage_seconds(
         spent[stage] += time.process_time() - started
         return result
 
-    layout = CacheLayout(workdir / "sample_cache")
-    shutil.rmtree(layout.root, ignore_errors=True)
-    store = ShardStore(layout)
     sources: list[RowSource] = []
     by_name = {recording.uri: recording for recording in recordings}
     for task in tasks:
@@ -534,9 +543,9 @@ def _stage_seconds(
                 timed("log-mel", featurizer.compute, variant)
         work = RecordingWork(task.task_id, task.audio_uri, splits[task.audio_uri], tuple(windows), copies)
         outcome = timed("worker_check", process_recording, work, data)
-        rows, _, _ = recording_rows(work, samples)  # the rows process_recording encoded
-        timed("write", encode_shard, rows, schema)
-        timed("write", store.write, work.key, outcome.shard, {"split": work.split, "rows": outcome.rows})
+        rows, _, _ = recording_rows(work, samples)  # the rows process_recording wrote: written again
+        timed("write", store.write_rows, work.key, timed("write", encode_shard, rows, schema))
+        timed("write", store.commit, work.key, {"split": work.split, "rows": outcome.rows})
         sources.append(RowSource(work.split, store.arrow_path(work.key)))
     timed("write", finalize, layout, sources, features, {}, lambda size: {"cache_bytes": size})
     shutil.rmtree(workdir, ignore_errors=True)

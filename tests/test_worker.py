@@ -13,10 +13,10 @@ import pyarrow as pa
 import pytest
 
 from whisper_pipeline.audio import AugmentationSettings, augment, augmentation_seed, cut, decode_audio
-from whisper_pipeline.cache import cache_features, shard_schema
+from whisper_pipeline.cache import ShardStore, cache_features, shard_schema
 from whisper_pipeline.features import LogMelFeaturizer
 from whisper_pipeline.segments import Window
-from whisper_pipeline.worker import RecordingWork, init_worker, process_recording
+from whisper_pipeline.worker import RecordingWork, WorkerSetup, init_worker, process_recording
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED = 42
@@ -28,13 +28,15 @@ def featurizer(tiny_model_dir) -> LogMelFeaturizer:
     return LogMelFeaturizer.from_pretrained(tiny_model_dir)
 
 
-@pytest.fixture(scope="module")
-def schema(featurizer) -> pa.Schema:
-    return shard_schema(cache_features(featurizer.n_mels))
+@pytest.fixture
+def setup(featurizer, tmp_path) -> WorkerSetup:
+    schema = shard_schema(cache_features(featurizer.n_mels))
+    return WorkerSetup(featurizer, AugmentationSettings(), SEED, schema, tmp_path / "shards")
 
 
-def shard_rows(shard: bytes) -> list[dict]:
-    return pa.ipc.open_stream(shard).read_all().to_pylist()
+def shard_rows(setup: WorkerSetup, key: str) -> list[dict]:
+    with pa.OSFile(str(ShardStore(setup.shards).arrow_path(key))) as shard:
+        return pa.ipc.open_stream(shard).read_all().to_pylist()
 
 
 @pytest.fixture
@@ -47,14 +49,14 @@ def recording_work(multi_utterance_recording) -> RecordingWork:
 
 
 def test_rows_are_each_window_and_its_augmented_copy(
-    featurizer, schema, multi_utterance_recording, recording_work
+    featurizer, setup, multi_utterance_recording, recording_work
 ):
-    init_worker(featurizer, AugmentationSettings(), SEED, schema)
+    init_worker(setup)
     data = multi_utterance_recording.path.read_bytes()
     outcome = process_recording(recording_work, data)
 
     assert not outcome.failed and outcome.skips == []
-    rows = shard_rows(outcome.shard)
+    rows = shard_rows(setup, recording_work.key)
     assert [(row["segment_id"], row["augmentation"]) for row in rows] == [
         (window.window_id, copy) for window in recording_work.windows for copy in (0, 1)
     ]
@@ -83,27 +85,25 @@ def test_rows_are_each_window_and_its_augmented_copy(
     assert outcome.audio_seconds == pytest.approx(sum(w.duration for w in recording_work.windows), abs=1e-3)
 
 
-def test_undecodable_bytes_fail_the_recording_with_a_counted_reason(featurizer, schema, recording_work):
-    init_worker(featurizer, AugmentationSettings(), SEED, schema)
+def test_undecodable_bytes_fail_the_recording_with_a_counted_reason(setup, recording_work):
+    init_worker(setup)
     outcome = process_recording(recording_work, b"this is not audio")
-    assert outcome.failed and outcome.rows == 0 and outcome.shard == b""
+    assert outcome.failed and outcome.rows == 0
+    assert not ShardStore(setup.shards).arrow_path(recording_work.key).exists()
     assert [skip.reason for skip in outcome.skips] == ["unsupported_format"]
 
 
 def test_a_worker_process_imports_no_torch_transformers_datasets_or_s3_client(
-    tmp_path, featurizer, schema, multi_utterance_recording, recording_work
+    tmp_path, setup, multi_utterance_recording, recording_work
 ):
     """What keeps a worker's start-up short and its memory small: it runs only decode, augment, log-mel."""
     job = tmp_path / "job.pickle"
-    job.write_bytes(
-        pickle.dumps((featurizer, schema, recording_work, multi_utterance_recording.path.read_bytes()))
-    )
+    job.write_bytes(pickle.dumps((setup, recording_work, multi_utterance_recording.path.read_bytes())))
     probe = (
         "import json, pickle, sys\n"
         "from whisper_pipeline.worker import init_worker, process_recording\n"
-        "from whisper_pipeline.audio import AugmentationSettings\n"
-        f"featurizer, schema, work, data = pickle.loads(open({str(job)!r}, 'rb').read())\n"
-        f"init_worker(featurizer, AugmentationSettings(), {SEED}, schema)\n"
+        f"setup, work, data = pickle.loads(open({str(job)!r}, 'rb').read())\n"
+        "init_worker(setup)\n"
         "outcome = process_recording(work, data)\n"
         f"print(json.dumps([outcome.rows, [m for m in {HEAVY_MODULES!r} if m in sys.modules]]))\n"
     )

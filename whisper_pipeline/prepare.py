@@ -25,7 +25,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
 from tqdm.auto import tqdm
 
 from whisper_pipeline import __version__
@@ -75,7 +74,13 @@ from whisper_pipeline.constants import CHUNK_SECONDS
 from whisper_pipeline.errors import CacheError, ConfigError, ModelError, PipelineError, exit_on_user_error
 from whisper_pipeline.features import LabelEncoder, LogMelFeaturizer
 from whisper_pipeline.segments import TRAIN, VALIDATION, Window, assign_splits, pack_windows
-from whisper_pipeline.worker import RecordingOutcome, RecordingWork, init_worker, process_recording
+from whisper_pipeline.worker import (
+    RecordingOutcome,
+    RecordingWork,
+    WorkerSetup,
+    init_worker,
+    process_recording,
+)
 
 EXIT_TOO_MANY_FAILURES = 1
 IN_FLIGHT_BYTES = 256 * 2**20  # encoded audio downloaded and not yet featurized, at most (see _InFlight)
@@ -364,7 +369,9 @@ def _build(
     """Plan windows and splits, compute what neither staged shards nor the previous cache hold, finalize."""
     featurizer = LogMelFeaturizer.from_pretrained(model_dir)  # another log-mel is refused before any work
     features = cache_features(featurizer.n_mels)
-    with _feature_workers(args, featurizer, augmentation, shard_schema(features)) as workers:
+    store = ShardStore(layout.staging)
+    setup = WorkerSetup(featurizer, augmentation, args.seed, shard_schema(features), store.directory)
+    with _feature_workers(args, setup) as workers:
         encoder = LabelEncoder(_load_tokenizer(model_dir), args.language, args.task)
         windows_by_uri, window_skips = _plan_windows(inputs, encoder, args.max_window_seconds)
         unavailable = [skip for skip in inputs.unavailable if skip.audio_uri in windows_by_uri]
@@ -377,7 +384,6 @@ def _build(
             )
             for uri in sorted(infos)
         }
-        store = ShardStore(layout)
         previous = {} if args.force else previous_recordings(layout.root)
         sizes = {uri: int(info["size"]) for uri, info in infos.items()}
         results = _build_recordings(works, inputs.refs, sizes, store, previous, args, workers, s3)
@@ -693,11 +699,11 @@ def _compute(
                     if not isinstance(error, AudioSourceError):
                         raise error
                     skip = Skip(error.reason, work.windows[0].task_id, work.audio_uri, str(error))
-                    meta = _meta_of(work, RecordingOutcome(b"", 0, 0, 0, [skip], 0.0, failed=True))
+                    meta = _meta_of(work, RecordingOutcome(0, 0, 0, [skip], 0.0, failed=True))
                     results[work.audio_uri] = RecordingResult(meta, "computed", None)
                 else:
                     outcome = future.result()
-                    shard = store.write(work.key, outcome.shard, _meta_of(work, outcome))
+                    shard = store.commit(work.key, _meta_of(work, outcome))
                     path = store.arrow_path(work.key) if shard.rows else None
                     results[work.audio_uri] = RecordingResult(
                         shard.meta, "computed", RowSource(work.split, path)
@@ -716,12 +722,7 @@ def _worker_count(args: PrepareArguments) -> int:
 
 
 @contextmanager
-def _feature_workers(
-    args: PrepareArguments,
-    featurizer: LogMelFeaturizer,
-    augmentation: AugmentationSettings,
-    schema: pa.Schema,
-) -> Iterator[ProcessPoolExecutor]:
+def _feature_workers(args: PrepareArguments, setup: WorkerSetup) -> Iterator[ProcessPoolExecutor]:
     """The feature worker processes, started at once so that they import (1.5 s each) while the main
     process loads the tokenizer and plans. The executor starts a process for each task submitted while
     none is idle: one trivial task per worker starts them all. Leaving cancels what has not started."""
@@ -730,7 +731,7 @@ def _feature_workers(
         count,
         mp_context=multiprocessing.get_context("spawn"),
         initializer=init_worker,
-        initargs=(featurizer, augmentation, args.seed, schema),
+        initargs=(setup,),
     )
     try:
         for _ in range(count):

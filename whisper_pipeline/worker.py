@@ -1,14 +1,15 @@
-"""The feature workers of prepare_data.py: one recording's bytes -> its shard (the rows as Arrow bytes).
+"""The feature workers of prepare_data.py: one recording's bytes -> its shard (its rows, in Arrow).
 
 A module of its own so that a worker process imports only what it runs (decoding, augmentation, the
 log-mel, pyarrow for the shard): no torch, transformers, datasets or S3 client. That keeps each worker's
-start-up (1.5 s) and memory (110 MB) small; the main process reads the feature extractor's settings and the
-cache's schema, hands them over, and only writes the shards the workers encode.
+start-up (1.5 s) and memory small. The main process reads the feature extractor's settings and the cache's
+schema and hands them over; a worker writes each shard itself and returns what the main process records.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,7 +25,7 @@ from whisper_pipeline.audio import (
     decode_audio,
     limit_threads,
 )
-from whisper_pipeline.cache import encode_shard
+from whisper_pipeline.cache import ShardStore, encode_shard
 from whisper_pipeline.constants import CHUNK_SECONDS, SAMPLE_RATE
 from whisper_pipeline.features import LogMelFeaturizer
 from whisper_pipeline.segments import Window
@@ -45,8 +46,7 @@ class RecordingWork:
 class RecordingOutcome:
     """What a worker made of one recording."""
 
-    shard: bytes  # the rows, as encode_shard's Arrow stream (empty when there are none)
-    rows: int
+    rows: int  # written to the shard store (none when 0)
     windows: int  # windows with at least one row
     augmented_rows: int
     skips: list[Skip]
@@ -57,27 +57,36 @@ class RecordingOutcome:
 _state: dict[str, Any] = {}
 
 
-def init_worker(
-    featurizer: LogMelFeaturizer, augmentation: AugmentationSettings, seed: int, schema: pa.Schema
-) -> None:
-    """Per worker process: one BLAS thread; the log-mel the main process built from the model's settings,
-    and the shard schema (cache.shard_schema) the rows are encoded in."""
+@dataclass(frozen=True)
+class WorkerSetup:
+    """What every recording's work shares (picklable: handed to each worker process once)."""
+
+    featurizer: LogMelFeaturizer  # built by the main process from the model's settings
+    augmentation: AugmentationSettings
+    seed: int
+    schema: pa.Schema  # cache.shard_schema: the Arrow types the rows are encoded in
+    shards: Path  # the ShardStore directory
+
+
+def init_worker(setup: WorkerSetup) -> None:
+    """Per worker process: one BLAS thread, the shared settings, the shard store."""
     limit_threads()
     import audiomentations  # noqa: F401  (now, while the main process plans, not in the first recording)
 
-    _state.update(featurizer=featurizer, augmentation=augmentation, seed=seed, schema=schema)
+    _state.update(setup=setup, store=ShardStore(setup.shards))
 
 
 def process_recording(work: RecordingWork, data: bytes) -> RecordingOutcome:
-    """Decode once, then cut, augment and featurize every window of the recording; encode the rows."""
+    """Decode once, then cut, augment and featurize every window of the recording; write its rows."""
     try:
         samples = decode_audio(data, name=work.audio_uri)
     except AudioDecodeError as error:
         skip = Skip(error.reason, work.windows[0].task_id, work.audio_uri, str(error))
-        return RecordingOutcome(b"", 0, 0, 0, [skip], 0.0, failed=True)
+        return RecordingOutcome(0, 0, 0, [skip], 0.0, failed=True)
     rows, skips, seconds = recording_rows(work, samples)
+    if rows:
+        _state["store"].write_rows(work.key, encode_shard(rows, _state["setup"].schema))
     return RecordingOutcome(
-        shard=encode_shard(rows, _state["schema"]) if rows else b"",
         rows=len(rows),
         windows=len({row["segment_id"] for row in rows}),
         augmented_rows=sum(1 for row in rows if row["augmentation"]),
@@ -92,7 +101,7 @@ def recording_rows(
 ) -> tuple[list[dict[str, Any]], list[Skip], float]:
     """The cache rows of a decoded recording (each window, then its augmented copies), the windows that
     could not be used, and the clean audio-seconds of those that could."""
-    featurizer: LogMelFeaturizer = _state["featurizer"]
+    setup: WorkerSetup = _state["setup"]
     rows: list[dict[str, Any]] = []
     skips: list[Skip] = []
     seconds = 0.0
@@ -106,12 +115,12 @@ def recording_rows(
         for copy_index in range(work.copies + 1):
             variant = clean
             if copy_index:
-                seed = augmentation_seed(_state["seed"], window.window_id, copy_index)
-                variant = augment(clean, _state["augmentation"], seed)
+                seed = augmentation_seed(setup.seed, window.window_id, copy_index)
+                variant = augment(clean, setup.augmentation, seed)
                 if len(variant) > CHUNK_SECONDS * SAMPLE_RATE:
                     skips.append(Skip("augmented_over_30s", window.task_id, work.audio_uri, window.window_id))
                     continue
-            features = featurizer.compute(variant)
+            features = setup.featurizer.compute(variant)
             rows.append(
                 {
                     "input_features": features.frames,
