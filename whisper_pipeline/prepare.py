@@ -723,21 +723,30 @@ def _worker_count(args: PrepareArguments) -> int:
 
 @contextmanager
 def _feature_workers(args: PrepareArguments, setup: WorkerSetup) -> Iterator[ProcessPoolExecutor]:
-    """The feature worker processes, started at once so that they import (1.5 s each) while the main
-    process loads the tokenizer and plans. The executor starts a process for each task submitted while
-    none is idle: one trivial task per worker starts them all. Leaving cancels what has not started."""
+    """The feature worker processes, started at once so that they are ready when the main process has
+    loaded the tokenizer and planned. The executor starts a process for each task submitted while none is
+    idle: one trivial task per worker starts them all. Leaving cancels what has not started.
+
+    Each worker is forked from a fork server that imported the worker's modules once (1.5 s of CPU;
+    a worker spawned afresh would import them again), not from this process, whose threads (S3
+    downloads) make fork unsafe. Starting a worker waits for the server's imports: a thread does that."""
     count = _worker_count(args)
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["whisper_pipeline.worker", "audiomentations"])
     workers = ProcessPoolExecutor(
         count,
-        mp_context=multiprocessing.get_context("spawn"),
+        mp_context=context,
         initializer=init_worker,
         initargs=(setup,),
     )
+    starting = threading.Thread(
+        target=lambda: [workers.submit(os.getpid) for _ in range(count)], name="start-workers", daemon=True
+    )
+    starting.start()
     try:
-        for _ in range(count):
-            workers.submit(os.getpid)
         yield workers
     finally:
+        starting.join()
         workers.shutdown(wait=True, cancel_futures=True)
 
 
