@@ -1,9 +1,10 @@
 """The feature workers of prepare_data.py: one recording's bytes -> its shard (its rows, in Arrow).
 
 A module of its own so that a worker process imports only what it runs (decoding, augmentation, the
-log-mel, pyarrow for the shard): no torch, transformers, datasets or S3 client. That keeps each worker's
-start-up (1.5 s) and memory small. The main process reads the feature extractor's settings and the cache's
-schema and hands them over; a worker writes each shard itself and returns what the main process records.
+log-mel, pyarrow for the shard): no torch, transformers, datasets or S3 client. That keeps the workers'
+start-up (1.5 s of imports, once, in the fork server prepare.py forks them from) and their memory small.
+The main process reads the feature extractor's settings and the cache's schema and hands them over; a
+worker writes each shard itself and returns what the main process records.
 """
 
 from __future__ import annotations
