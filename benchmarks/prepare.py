@@ -544,7 +544,8 @@ def _stage_seconds(
         work = RecordingWork(task.task_id, task.audio_uri, splits[task.audio_uri], tuple(windows), copies)
         outcome = timed("worker_check", process_recording, work, data)
         rows, _, _ = recording_rows(work, samples)  # the rows process_recording wrote: written again
-        timed("write", store.write_rows, work.key, timed("write", encode_shard, rows, schema))
+        shard = timed("write", encode_shard, rows, schema)
+        timed("write", store.write_rows, work.key, shard)
         timed("write", store.commit, work.key, {"split": work.split, "rows": outcome.rows})
         sources.append(RowSource(work.split, store.arrow_path(work.key)))
     timed("write", finalize, layout, sources, features, {}, lambda size: {"cache_bytes": size})

@@ -345,7 +345,8 @@ def finalize(
 
 
 def _as_cache_table(shard: pa.Table, schema: pa.Schema) -> pa.Table:
-    """A shard's rows with the cache's column types: each storage column wrapped in its extension type."""
+    """A shard's rows with the cache's column types: each storage column wrapped in its extension type
+    (a shard staged by an earlier version of this code holds the extension types already)."""
     columns = [column.combine_chunks() for column in shard.columns]
     return pa.Table.from_arrays(
         [

@@ -739,9 +739,12 @@ def _feature_workers(args: PrepareArguments, setup: WorkerSetup) -> Iterator[Pro
         initializer=init_worker,
         initargs=(setup,),
     )
-    starting = threading.Thread(
-        target=lambda: [workers.submit(os.getpid) for _ in range(count)], name="start-workers", daemon=True
-    )
+
+    def start_all() -> None:
+        for _ in range(count):
+            workers.submit(os.getpid)
+
+    starting = threading.Thread(target=start_all, name="start-workers", daemon=True)
     starting.start()
     try:
         yield workers
