@@ -6,11 +6,10 @@
 Run with --help for every setting. S3 settings come from the environment or .env.
 """
 
-import sys
-
 if __name__ == "__main__":
-    # Imported here, not above: each feature worker process imports this script again (multiprocessing's
-    # spawn), and should load only the lean whisper_pipeline.worker, not the whole stage.
+    # Imported here, not above: each feature worker process imports this script again (multiprocessing
+    # prepares every child so), and should load only the lean whisper_pipeline.worker, not the whole stage.
+    from whisper_pipeline.errors import exit_without_collecting
     from whisper_pipeline.prepare import main
 
-    sys.exit(main())
+    exit_without_collecting(main())

@@ -7,9 +7,8 @@
 Run with --help for every setting (every Seq2SeqTrainingArguments flag works too).
 """
 
-import sys
-
+from whisper_pipeline.errors import exit_without_collecting
 from whisper_pipeline.train import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_without_collecting(main())

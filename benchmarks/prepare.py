@@ -63,7 +63,7 @@ from whisper_pipeline.cache import (
     finalize,
     shard_schema,
 )
-from whisper_pipeline.constants import SAMPLE_RATE
+from whisper_pipeline.constants import CHUNK_SECONDS, SAMPLE_RATE
 from whisper_pipeline.demo import PITCHES, SPEEDS, VOICES, demo_sentences
 from whisper_pipeline.features import LabelEncoder, LogMelFeaturizer
 from whisper_pipeline.local_s3 import LocalS3Server
@@ -497,8 +497,6 @@ def _stage_seconds(
     main process's; write is both: a worker encodes and writes a recording's shard, the main process
     commits its meta, then writes the final splits. `worker_check` is process_recording timed whole: it
     should match the worker's stages and its part of write."""
-    from transformers import WhisperTokenizerFast
-
     limit_threads()
     settings = AugmentationSettings()
     featurizer = LogMelFeaturizer.from_pretrained(model)
@@ -509,7 +507,7 @@ def _stage_seconds(
     store = ShardStore(layout.staging)
     # As in a worker: process_recording runs as there.
     init_worker(WorkerSetup(featurizer, settings, SEED, schema, store.directory))
-    encoder = LabelEncoder(WhisperTokenizerFast.from_pretrained(str(model)), LANGUAGE, "transcribe")
+    encoder = LabelEncoder.from_pretrained(model, LANGUAGE, "transcribe")
     workdir.mkdir(parents=True, exist_ok=True)
     export = write_export(recordings, workdir / "sample_export.json")
     tasks = parse_export(load_export(export.read_bytes()), PrepareArguments().annotation_settings).tasks
@@ -540,7 +538,8 @@ def _stage_seconds(
                 variant = timed(
                     "augment", augment, clean, settings, augmentation_seed(SEED, window.window_id, 1)
                 )
-                timed("log-mel", featurizer.compute, variant)
+                if len(variant) <= CHUNK_SECONDS * SAMPLE_RATE:  # else skipped, as recording_rows does
+                    timed("log-mel", featurizer.compute, variant)
         work = RecordingWork(task.task_id, task.audio_uri, splits[task.audio_uri], tuple(windows), copies)
         outcome = timed("worker_check", process_recording, work, data)
         rows, _, _ = recording_rows(work, samples)  # the rows process_recording wrote: written again

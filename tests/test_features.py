@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import io
 import math
+import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 import soxr
+from tokenizers import Tokenizer
 from transformers import WhisperFeatureExtractor, WhisperTokenizerFast
 
 from whisper_pipeline.constants import (
@@ -144,9 +147,8 @@ def test_pad_features_refuses_more_frames_than_the_input_holds():
         pad_features(np.zeros((N_FRAMES + 1, 80), dtype=np.float16), -1.5)
 
 
-def test_labels_are_prefix_text_and_eos(tokenizer):
-    encoder = LabelEncoder(tokenizer, "vi", "transcribe")
-    ids = encoder.encode(SENTENCE)
+def test_labels_are_prefix_text_and_eos(tokenizer, tiny_model_dir):
+    ids = LabelEncoder.from_pretrained(tiny_model_dir, "vi", "transcribe").encode(SENTENCE)
     assert tokenizer.convert_ids_to_tokens(ids[:4]) == [
         "<|startoftranscript|>",
         "<|vi|>",
@@ -154,22 +156,55 @@ def test_labels_are_prefix_text_and_eos(tokenizer):
         "<|notimestamps|>",
     ]
     assert ids[-1] == tokenizer.convert_tokens_to_ids("<|endoftext|>")
-    assert encoder.decode(ids) == SENTENCE
+    assert tokenizer.decode(ids, skip_special_tokens=True) == SENTENCE
 
 
-def test_language_names_and_codes_give_the_same_labels(tokenizer):
-    by_code = LabelEncoder(tokenizer, "vi", "transcribe").encode(SENTENCE)
-    assert LabelEncoder(tokenizer, "vietnamese", "transcribe").encode(SENTENCE) == by_code
+@pytest.fixture(scope="module")
+def slow_tokenizer_files_only(tiny_model_dir, tmp_path_factory) -> Path:
+    """The tiny model's tokenizer as vocab.json + merges.txt, no tokenizer.json (an older save)."""
+    directory = tmp_path_factory.mktemp("slow-tokenizer")
+    for name in ("tokenizer_config.json", "preprocessor_config.json"):
+        shutil.copy(tiny_model_dir / name, directory / name)
+    Tokenizer.from_file(str(tiny_model_dir / "tokenizer.json")).model.save(str(directory))
+    return directory
 
 
-@pytest.mark.parametrize(("language", "task"), [("klingon", "transcribe"), ("vi", "summarize")])
-def test_unknown_language_or_task_is_a_config_error(tokenizer, language, task):
-    with pytest.raises(ConfigError):
-        LabelEncoder(tokenizer, language, task)
+@pytest.mark.parametrize("files", ["tokenizer.json", "vocab.json + merges.txt"])
+@pytest.mark.parametrize(("language", "task"), [("vi", "transcribe"), ("en", "translate")])
+def test_labels_are_those_of_whisper_tokenizer_fast(
+    tiny_model_dir, slow_tokenizer_files_only, files, language, task
+):
+    reference = WhisperTokenizerFast.from_pretrained(tiny_model_dir)
+    reference.set_prefix_tokens(language=language, task=task, predict_timestamps=False)
+    model_dir = tiny_model_dir if files == "tokenizer.json" else slow_tokenizer_files_only
+    encoder = LabelEncoder.from_pretrained(model_dir, language, task)
+    texts = [SENTENCE, " a leading space", "", "số 123 <|en|> và  hai  dấu cách", "Ờ, ừm... Việt Nam!"]
+    for text in texts:
+        assert encoder.encode(text) == reference(text).input_ids
 
 
-def test_long_labels_are_returned_whole_for_the_caller_to_split(tokenizer):
-    encoder = LabelEncoder(tokenizer, "vi", "transcribe")
+def test_language_names_and_codes_give_the_same_labels(tiny_model_dir):
+    by_code = LabelEncoder.from_pretrained(tiny_model_dir, "vi", "transcribe").encode(SENTENCE)
+    for name in ("vietnamese", "Vietnamese", "VI"):
+        assert LabelEncoder.from_pretrained(tiny_model_dir, name, "transcribe").encode(SENTENCE) == by_code
+
+
+@pytest.mark.parametrize(
+    ("language", "task"),
+    [
+        ("klingon", "transcribe"),
+        ("transcribe", "transcribe"),
+        ("notimestamps", "transcribe"),
+        ("vi", "summarize"),
+    ],
+)
+def test_unknown_language_or_task_is_a_config_error(tiny_model_dir, language, task):
+    with pytest.raises(ConfigError, match=language if task == "transcribe" else task):
+        LabelEncoder.from_pretrained(tiny_model_dir, language, task)
+
+
+def test_long_labels_are_returned_whole_for_the_caller_to_split(tokenizer, tiny_model_dir):
+    encoder = LabelEncoder.from_pretrained(tiny_model_dir, "vi", "transcribe")
     ids = encoder.encode(" ".join([SENTENCE] * 40))
     assert len(ids) > MAX_TARGET_POSITIONS
     assert ids[-1] == tokenizer.eos_token_id

@@ -137,8 +137,12 @@ def test_rerun_is_a_no_op_and_force_or_a_changed_setting_rebuilds(
     root = _copy(prepared_cache, tmp_path)
     before = cache_digest(root)
     args = prepare_arguments(staged_corpus, tiny_model_dir, root)
+
+    def load_tokenizer(*_):
+        pytest.fail("the no-op loaded the tokenizer")
+
     with monkeypatch.context() as patched:  # a current cache is known before the tokenizer loads
-        patched.setattr(prepare, "_load_tokenizer", lambda _: pytest.fail("the no-op loaded the tokenizer"))
+        patched.setattr(prepare.LabelEncoder, "from_pretrained", load_tokenizer)
         again = run_prepare(args, AugmentationSettings(), environ=staged_corpus.env)
     assert again.current and cache_digest(root) == before
 

@@ -1,10 +1,13 @@
-"""User-facing failures: raised where they are found, printed as one line at the command-line edge."""
+"""User-facing failures: raised where they are found, printed as one line at the command-line edge; and
+how a command ends."""
 
 from __future__ import annotations
 
+import gc
 import sys
 from collections.abc import Callable
 from functools import wraps
+from typing import NoReturn
 
 EXIT_USER_ERROR = 2
 
@@ -50,3 +53,15 @@ def exit_on_user_error(main: Callable[..., int | None]) -> Callable[..., int]:
             return 130
 
     return wrapper
+
+
+def exit_without_collecting(code: int) -> NoReturn:
+    """End a command whose work is done, without the interpreter's exit-time garbage collections.
+
+    At exit Python runs full cycle collections that walk every object still alive, most of them made by
+    the imports (transformers, datasets, the fork server's bookkeeping): 0.4 to 1.3 s on a 2-core machine,
+    a third of a prepare_data.py rerun that finds its cache current. Frozen, the objects are only freed by
+    reference counting; the commands close and flush their files before they return. For scripts only:
+    a process that goes on (a test run) would never collect what was alive at the freeze."""
+    gc.freeze()
+    sys.exit(code)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,7 +29,7 @@ from whisper_pipeline.constants import (
 from whisper_pipeline.errors import ConfigError, ModelError
 
 if TYPE_CHECKING:
-    from transformers import WhisperTokenizer
+    from tokenizers import Tokenizer
 
 PREPROCESSOR_CONFIG = "preprocessor_config.json"
 
@@ -163,21 +162,67 @@ def pad_features(frames: ArrayLike, pad_value: float, n_frames: int = N_FRAMES) 
 class LabelEncoder:
     """Transcript -> decoder labels: <|startoftranscript|><|lang|><|task|><|notimestamps|> text <|endoftext|>.
 
-    Configures the tokenizer it is given (its prefix tokens). Does not cut long labels: the caller compares
-    the length with MAX_TARGET_POSITIONS and splits or skips the window. Text arrives NFC-normalised.
+    The ids WhisperTokenizerFast gives with these prefix tokens (the tests compare them), from the
+    `tokenizers` library it wraps: the wrapper's import and load cost the main process of prepare_data.py
+    1 s before the first recording could start. Does not cut long labels: the caller compares the length
+    with MAX_TARGET_POSITIONS and splits or skips the window. Text arrives NFC-normalised.
     """
 
-    def __init__(self, tokenizer: WhisperTokenizer, language: str, task: str) -> None:
-        try:
-            tokenizer.set_prefix_tokens(language=language, task=task, predict_timestamps=False)
-        except ValueError as error:  # an unknown language or task
-            raise ConfigError(str(error)) from None
-        self.tokenizer = tokenizer
+    def __init__(self, tokenizer: Tokenizer, language: str, task: str) -> None:
+        """`tokenizer`: the model's tokenizer.json (or WhisperTokenizerFast's `backend_tokenizer`)."""
+        if task not in ("transcribe", "translate"):
+            raise ConfigError(f"unsupported task {task!r}: Whisper's are transcribe and translate")
+        self._tokenizer = tokenizer
+        self._prefix = [
+            self._special_id("<|startoftranscript|>"),
+            self._special_id(f"<|{_language_code(tokenizer, language)}|>"),
+            self._special_id(f"<|{task}|>"),
+            self._special_id("<|notimestamps|>"),
+        ]
+        self._eos = self._special_id("<|endoftext|>")
+
+    @classmethod
+    def from_pretrained(cls, model_dir: Path, language: str, task: str) -> LabelEncoder:
+        """The model directory's tokenizer.json; a directory with only the slow tokenizer's files (vocab.json,
+        merges.txt) goes through transformers, which converts them."""
+        path = Path(model_dir) / "tokenizer.json"
+        if path.is_file():
+            from tokenizers import Tokenizer
+
+            return cls(Tokenizer.from_file(str(path)), language, task)
+        from transformers import WhisperTokenizerFast
+
+        return cls(WhisperTokenizerFast.from_pretrained(str(model_dir)).backend_tokenizer, language, task)
+
+    def _special_id(self, token: str) -> int:
+        token_id = self._tokenizer.token_to_id(token)
+        if token_id is None:
+            raise ModelError(f"the tokenizer has no {token} token: not a multilingual Whisper tokenizer")
+        return token_id
 
     def encode(self, text: str) -> list[int]:
         """Token ids with the prefix and eos around the text."""
-        return list(self.tokenizer(text).input_ids)
+        return [*self._prefix, *self._tokenizer.encode(text, add_special_tokens=False).ids, self._eos]
 
-    def decode(self, ids: Sequence[int]) -> str:
-        """Token ids -> text, special tokens dropped."""
-        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+def _language_code(tokenizer: Tokenizer, language: str) -> str:
+    """A Whisper language code from a code or an English name (vi, Vietnamese), as WhisperTokenizer reads
+    it. Whisper's special tokens list the language tokens between <|startoftranscript|> and <|translate|>;
+    names are looked up in transformers' table only when given (importing it costs 0.5 s)."""
+
+    def is_language(code: str) -> bool:
+        token_id = tokenizer.token_to_id(f"<|{code}|>")
+        first, last = tokenizer.token_to_id("<|startoftranscript|>"), tokenizer.token_to_id("<|translate|>")
+        return None not in (token_id, first, last) and first < token_id < last
+
+    code = language.lower()
+    if not is_language(code):
+        from transformers.models.whisper.tokenization_whisper import TO_LANGUAGE_CODE
+
+        code = TO_LANGUAGE_CODE.get(code, code)
+    if not is_language(code):
+        raise ConfigError(
+            f"unsupported language {language!r}: give a Whisper language code (vi) or its English name"
+            " (vietnamese)"
+        )
+    return code

@@ -13,6 +13,7 @@ import errno
 import gc
 import hashlib
 import multiprocessing
+import multiprocessing.forkserver
 import os
 import queue
 import threading
@@ -367,12 +368,13 @@ def _build(
     started: float,
 ) -> Mapping[str, Any]:
     """Plan windows and splits, compute what neither staged shards nor the previous cache hold, finalize."""
+    worker_context = _start_fork_server()  # it imports the workers' modules while this process plans
     featurizer = LogMelFeaturizer.from_pretrained(model_dir)  # another log-mel is refused before any work
     features = cache_features(featurizer.n_mels)
     store = ShardStore(layout.staging)
     setup = WorkerSetup(featurizer, augmentation, args.seed, shard_schema(features), store.directory)
-    with _feature_workers(args, setup) as workers:
-        encoder = LabelEncoder(_load_tokenizer(model_dir), args.language, args.task)
+    with _feature_workers(args, setup, worker_context) as workers:
+        encoder = LabelEncoder.from_pretrained(model_dir, args.language, args.task)
         windows_by_uri, window_skips = _plan_windows(inputs, encoder, args.max_window_seconds)
         unavailable = [skip for skip in inputs.unavailable if skip.audio_uri in windows_by_uri]
         skips = [*inputs.parsed.skips, *inputs.unresolved, *window_skips, *unavailable]
@@ -538,12 +540,6 @@ def _check_model_dir(model_dir: Path) -> None:
             f"--model {model_dir} is not a Whisper model directory (missing {', '.join(missing)}); build the "
             "demo's with `python -m whisper_pipeline.pretrained --output model` or point --model at yours"
         )
-
-
-def _load_tokenizer(model_dir: Path):
-    from transformers import WhisperTokenizerFast
-
-    return WhisperTokenizerFast.from_pretrained(str(model_dir))
 
 
 class _S3Access:
@@ -721,18 +717,28 @@ def _worker_count(args: PrepareArguments) -> int:
     return args.num_workers or os.cpu_count() or 1
 
 
-@contextmanager
-def _feature_workers(args: PrepareArguments, setup: WorkerSetup) -> Iterator[ProcessPoolExecutor]:
-    """The feature worker processes, started at once so that they are ready when the main process has
-    loaded the tokenizer and planned. The executor starts a process for each task submitted while none is
-    idle: one trivial task per worker starts them all. Leaving cancels what has not started.
+def _start_fork_server() -> multiprocessing.context.ForkServerContext:
+    """The feature workers' fork server, started now: it imports the workers' modules (1.5 s of CPU, on
+    another core) while this process reads the model's settings, loads the tokenizer and plans.
 
-    Each worker is forked from a fork server that imported the worker's modules once (1.5 s of CPU;
-    a worker spawned afresh would import them again), not from this process, whose threads (S3
-    downloads) make fork unsafe. Starting a worker waits for the server's imports: a thread does that."""
-    count = _worker_count(args)
+    Each worker is forked from it with those modules imported once (a worker spawned afresh would import
+    them again), not from this process, whose threads (S3 downloads) make fork unsafe. Starting the
+    server returns at once; forking a worker waits for its imports."""
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["whisper_pipeline.worker", "audiomentations"])
+    multiprocessing.forkserver.ensure_running()
+    return context
+
+
+@contextmanager
+def _feature_workers(
+    args: PrepareArguments, setup: WorkerSetup, context: multiprocessing.context.ForkServerContext
+) -> Iterator[ProcessPoolExecutor]:
+    """The feature worker processes, started at once so that they are ready when the main process has
+    loaded the tokenizer and planned. The executor starts a process for each task submitted while none is
+    idle: one trivial task per worker starts them all; a thread does that, since each start waits for the
+    fork server's imports. Leaving cancels what has not started."""
+    count = _worker_count(args)
     workers = ProcessPoolExecutor(
         count,
         mp_context=context,
