@@ -55,12 +55,12 @@ from whisper_pipeline.audio import (
     limit_threads,
 )
 from whisper_pipeline.cache import (
+    CacheBuilder,
     CacheLayout,
     RowSource,
     ShardStore,
     cache_features,
     encode_shard,
-    finalize,
     shard_schema,
 )
 from whisper_pipeline.constants import CHUNK_SECONDS, SAMPLE_RATE
@@ -547,7 +547,10 @@ def _stage_seconds(
         timed("write", store.write_rows, work.key, shard)
         timed("write", store.commit, work.key, {"split": work.split, "rows": outcome.rows})
         sources.append(RowSource(work.split, store.arrow_path(work.key)))
-    timed("write", finalize, layout, sources, features, {}, lambda size: {"cache_bytes": size})
+    with timed("write", CacheBuilder, layout, features) as cache:
+        for source in sources:
+            timed("write", cache.append, source)
+        timed("write", cache.commit, {}, lambda size: {"cache_bytes": size})
     shutil.rmtree(workdir, ignore_errors=True)
     return spent
 

@@ -83,7 +83,7 @@ def test_cache_layout_columns_and_kept_texts(prepared_cache, staged_corpus):
     assert uris["train"] and uris["validation"] and not uris["train"] & uris["validation"]
     assert set(splits["validation"]["augmentation"]) == {0}
     assert set(splits["train"]["augmentation"]) == {0, 1}
-    # Written one recording at a time (cache._write_split): one record batch per recording.
+    # Written one recording at a time (CacheBuilder.append): one record batch per recording.
     for dataset in splits.values():
         batches = dataset.data.table.to_batches()
         assert [set(batch.column("audio_uri").to_pylist()) for batch in batches] == [
@@ -137,6 +137,8 @@ def test_rerun_is_a_no_op_and_force_or_a_changed_setting_rebuilds(
     root = _copy(prepared_cache, tmp_path)
     before = cache_digest(root)
     args = prepare_arguments(staged_corpus, tiny_model_dir, root)
+    (root / ".staging").mkdir()  # as a build stopped between its report and its clean-up leaves it
+    (root / ".staging" / "0123.json").write_text('{"rows": 0}')
 
     def load_tokenizer(*_):
         pytest.fail("the no-op loaded the tokenizer")
@@ -145,6 +147,7 @@ def test_rerun_is_a_no_op_and_force_or_a_changed_setting_rebuilds(
         patched.setattr(prepare.LabelEncoder, "from_pretrained", load_tokenizer)
         again = run_prepare(args, AugmentationSettings(), environ=staged_corpus.env)
     assert again.current and cache_digest(root) == before
+    assert not (root / ".staging").exists()
 
     changed = run_prepare(
         prepare_arguments(staged_corpus, tiny_model_dir, root, augment_copies=2),
@@ -240,8 +243,9 @@ def _cli_args(corpus, model_dir: Path, output_dir: Path) -> list[str]:
 
 
 def _phase_of(process: psutil.Process, output_dir: Path, shards_before: int) -> str:
-    """Which phase of prepare_data.py the process is in, from what it has left in its output folder."""
-    if (output_dir / ".build").is_dir():
+    """Which phase of prepare_data.py the process is in, from what it has left in its output folder (the
+    commit writes the new cache's recordings.json first; .build itself grows while recordings finish)."""
+    if (output_dir / ".build" / "recordings.json").exists() or (output_dir / ".retired").exists():
         return "finalize"
     staging = output_dir / ".staging"
     if staging.is_dir() and len(list(staging.glob("*.json"))) > shards_before:
@@ -288,7 +292,7 @@ def test_kill_9_in_three_phases_then_rerun_gives_the_identical_cache(
     env = {**os.environ, **staged_corpus.env}
     command = _cli_args(staged_corpus, tiny_model_dir, output_dir)
     rng = random.Random(1)
-    plan = [("features", rng.uniform(0.0, 0.3)), ("shards", 0.0), ("finalize", rng.uniform(0.0, 0.01))]
+    plan = [("features", rng.uniform(0.0, 0.3)), ("shards", 0.0), ("finalize", rng.uniform(0.0, 0.003))]
     hits = [kill_in_phase(command, env, output_dir, target, delay) for target, delay in plan]
     assert "completed" not in hits, hits
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)

@@ -328,7 +328,7 @@ def test_kill_9_at_eleven_points_across_every_phase(prepared_cache, staged_corpu
     plan = [("plan", rng.uniform(0.2, 1.0))]
     plan += [("features", rng.uniform(0.0, 0.3)) for _ in range(3)]
     plan += [("shards", rng.uniform(0.0, 0.05)) for _ in range(4)]
-    plan += [("finalize", rng.uniform(0.0, 0.01)) for _ in range(3)]
+    plan += [("finalize", rng.uniform(0.0, 0.003)) for _ in range(3)]
     hits = [kill_in_phase(command, env, output_dir, target, delay) for target, delay in plan]
     assert {"plan", "features", "shards", "finalize"} <= set(hits), hits
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)

@@ -7,6 +7,8 @@
       prepare_report.json      written last, atomically: its presence and fingerprint mark a complete cache
       .staging/                per-recording shards of a build in progress (kept across kills, removed at
                                the end): a shard `<key>.arrow` plus `<key>.json`, the json written last
+      .build/                  the next cache while it is written (its splits grow as recordings finish),
+                               swapped in at the end; a rerun starts it afresh
       .lock                    one writer at a time
 
 Features are stored unpadded (time-major float16 frames that hold audio) with the single value every
@@ -24,7 +26,7 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -279,69 +281,120 @@ def previous_recordings(root: Path) -> dict[str, PreviousRecording]:
 
 @dataclass(frozen=True)
 class RowSource:
-    """Where one recording's rows come from at the end of a build: a new shard or the previous cache."""
+    """Where one recording's rows come from: a new shard or the previous cache."""
 
     split: str
     shard: Path | None = None
     previous_indices: tuple[int, ...] = ()
 
 
-def finalize(
-    layout: CacheLayout,
-    sources: Sequence[RowSource],
-    features: datasets.Features,
-    recordings: Mapping[str, Mapping[str, Any]],
-    make_report: Callable[[int], Mapping[str, Any]],
-) -> Mapping[str, Any]:
-    """Write both splits in the order of `sources`, swap them in, then write the report last.
+class CacheBuilder:
+    """The next cache, written while it is computed: `append` adds each recording's rows to its split
+    (the caller keeps the build's order), so that when the last recording is done only `commit` is left:
+    the splits' closing, their json, and the swap. Splitting the writing from the swap keeps the 2-core
+    machine's second core busy to the end instead of idle through a second or more of writing.
 
-    From the moment the old report is removed until the new one is written the folder holds no report,
-    so an interrupted swap is never taken for a complete cache; the rerun rebuilds from the staged shards.
-    `make_report(cache_bytes)` gives the report once the size of the new cache is known.
+    The splits grow in .build/, which a kill leaves behind and the next build starts afresh (the rows stay
+    in the staged shards). Leaving the `with` block without a commit removes it.
+
+    Each shard is read into memory, written and let go: save_to_disk over the concatenated shards would
+    memory-map every shard at once and touch all of them, and the process's resident memory would grow
+    with the cache (400 MB more for 3 audio-hours).
     """
-    build = layout.root / ".build"
-    shutil.rmtree(build, ignore_errors=True)
-    build.mkdir(parents=True)
-    previous: dict[str, datasets.Dataset] = {}
-    schema = features.arrow_schema  # a property that builds the schema anew: 1 ms per call
 
-    def tables(split: str) -> Iterator[pa.Table]:
-        """Each recording's rows in turn, as one record batch."""
-        for source in sources:
-            if source.split != split:
-                continue
-            if source.shard is not None:
-                with pa.OSFile(str(source.shard)) as shard:  # read, not mapped: see _write_split
-                    yield _as_cache_table(pa.ipc.open_stream(shard).read_all(), schema)
-            elif source.previous_indices:
-                if split not in previous:
-                    previous[split] = load_split(layout.root, split)
-                rows = previous[split].select(source.previous_indices).with_format("arrow")
-                yield rows[: len(rows)].combine_chunks()
+    def __init__(self, layout: CacheLayout, features: datasets.Features) -> None:
+        self._layout = layout
+        self._build = layout.root / ".build"
+        self._features = features
+        self._schema = features.arrow_schema  # a property that builds the schema anew: 1 ms per call
+        self._writers: dict[str, Any] = {}
+        self._previous: dict[str, datasets.Dataset] = {}
 
-    for split in SPLITS:
-        keys = sorted(key for key, meta in recordings.items() if meta["split"] == split)
-        fingerprint = stable_hash({"split": split, "recordings": keys})[:16]
-        _write_split(build / split, tables(split), features, fingerprint)
-    previous.clear()
-    (build / RECORDINGS_NAME).write_text(json.dumps(recordings, sort_keys=True), encoding="utf-8")
-    cache_bytes = sum(path.stat().st_size for path in build.rglob("*") if path.is_file())
-    report = make_report(cache_bytes)
+    def __enter__(self) -> CacheBuilder:
+        from datasets.arrow_writer import ArrowWriter
 
-    layout.report_path.unlink(missing_ok=True)
-    _fsync_directory(layout.root)
-    retired = layout.root / ".retired"
-    shutil.rmtree(retired, ignore_errors=True)
-    retired.mkdir()
-    for name in (*SPLITS, RECORDINGS_NAME):
-        if (layout.root / name).exists():
-            os.replace(layout.root / name, retired / name)
-        os.replace(build / name, layout.root / name)
-    _fsync_directory(layout.root)
-    atomic_write_bytes(layout.report_path, json.dumps(dict(report), indent=2, ensure_ascii=False).encode())
-    shutil.rmtree(retired, ignore_errors=True)
-    shutil.rmtree(build, ignore_errors=True)
-    return report
+        shutil.rmtree(self._build, ignore_errors=True)
+        for split in SPLITS:
+            (self._build / split).mkdir(parents=True)
+            path = self._build / split / SPLIT_DATA_FILE
+            self._writers[split] = ArrowWriter(features=self._features, path=str(path))
+        return self
+
+    def __exit__(self, *exception) -> None:
+        self._close()
+        shutil.rmtree(self._build, ignore_errors=True)  # after a commit, already gone
+
+    def append(self, source: RowSource) -> None:
+        """A recording's rows, as one record batch, after those appended before."""
+        if source.shard is not None:
+            with pa.OSFile(str(source.shard)) as shard:  # read, not mapped: see the class docstring
+                self._writers[source.split].write_table(
+                    _as_cache_table(pa.ipc.open_stream(shard).read_all(), self._schema)
+                )
+        elif source.previous_indices:
+            if source.split not in self._previous:
+                self._previous[source.split] = load_split(self._layout.root, source.split)
+            rows = self._previous[source.split].select(source.previous_indices).with_format("arrow")
+            self._writers[source.split].write_table(rows[: len(rows)].combine_chunks())
+
+    def commit(
+        self,
+        recordings: Mapping[str, Mapping[str, Any]],
+        make_report: Callable[[int], Mapping[str, Any]],
+    ) -> Mapping[str, Any]:
+        """Close both splits, swap them in, then write the report last.
+
+        From the moment the old report is removed until the new one is written the folder holds no report,
+        so an interrupted swap is never taken for a complete cache; the rerun rebuilds from the staged
+        shards. `make_report(cache_bytes)` gives the report once the size of the new cache is known.
+        """
+        import datasets
+
+        (self._build / RECORDINGS_NAME).write_text(json.dumps(recordings, sort_keys=True), encoding="utf-8")
+        for split, writer in self._writers.items():
+            writer.finalize()  # an empty split still gets its (empty) file: load_from_disk needs one
+            keys = sorted(key for key, meta in recordings.items() if meta["split"] == split)
+            state = {
+                "_data_files": [{"filename": SPLIT_DATA_FILE}],
+                # as save_to_disk writes the dataset's: load_from_disk derives the loaded dataset's from it
+                "_fingerprint": stable_hash({"split": split, "recordings": keys})[:16],
+                "_format_columns": None,
+                "_format_kwargs": {},
+                "_format_type": None,
+                "_output_all_columns": False,
+                "_split": None,
+            }
+            (self._build / split / datasets.config.DATASET_STATE_JSON_FILENAME).write_text(
+                json.dumps(state, indent=2, sort_keys=True), encoding="utf-8"
+            )
+            datasets.DatasetInfo(features=self._features).write_to_directory(str(self._build / split))
+        self._close()
+        cache_bytes = sum(path.stat().st_size for path in self._build.rglob("*") if path.is_file())
+        report = make_report(cache_bytes)
+
+        root = self._layout.root
+        self._layout.report_path.unlink(missing_ok=True)
+        _fsync_directory(root)
+        retired = root / ".retired"
+        shutil.rmtree(retired, ignore_errors=True)
+        retired.mkdir()
+        for name in (*SPLITS, RECORDINGS_NAME):
+            if (root / name).exists():
+                os.replace(root / name, retired / name)
+            os.replace(self._build / name, root / name)
+        _fsync_directory(root)
+        atomic_write_bytes(
+            self._layout.report_path, json.dumps(dict(report), indent=2, ensure_ascii=False).encode()
+        )
+        shutil.rmtree(retired, ignore_errors=True)
+        shutil.rmtree(self._build, ignore_errors=True)
+        return report
+
+    def _close(self) -> None:
+        for writer in self._writers.values():
+            writer.close()
+        self._writers.clear()
+        self._previous.clear()  # the previous cache's files, memory-mapped: let go before the swap
 
 
 def _as_cache_table(shard: pa.Table, schema: pa.Schema) -> pa.Table:
@@ -355,42 +408,6 @@ def _as_cache_table(shard: pa.Table, schema: pa.Schema) -> pa.Table:
         ],
         schema=schema,
     )
-
-
-def _write_split(
-    directory: Path, tables: Iterable[pa.Table], features: datasets.Features, fingerprint: str
-) -> None:
-    """One split in the folder layout of `Dataset.save_to_disk`, written one recording at a time.
-
-    save_to_disk over the concatenated shards would memory-map every shard at once and touch all of them:
-    the process's resident memory would grow with the cache (400 MB more for 3 audio-hours). Each shard is
-    read into memory instead, written, and let go. `fingerprint` goes to state.json, as save_to_disk
-    writes the dataset's: load_from_disk derives the loaded dataset's from it.
-    """
-    import datasets
-    from datasets.arrow_writer import ArrowWriter
-
-    directory.mkdir()
-    writer = ArrowWriter(features=features, path=str(directory / SPLIT_DATA_FILE))
-    try:
-        for table in tables:
-            writer.write_table(table)
-        writer.finalize()  # an empty split still gets its (empty) file: load_from_disk needs one
-    finally:
-        writer.close()
-    state = {
-        "_data_files": [{"filename": SPLIT_DATA_FILE}],
-        "_fingerprint": fingerprint,
-        "_format_columns": None,
-        "_format_kwargs": {},
-        "_format_type": None,
-        "_output_all_columns": False,
-        "_split": None,
-    }
-    (directory / datasets.config.DATASET_STATE_JSON_FILENAME).write_text(
-        json.dumps(state, indent=2, sort_keys=True), encoding="utf-8"
-    )
-    datasets.DatasetInfo(features=features).write_to_directory(str(directory))
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,8 @@
 Data flows one way: parse -> resolve and stat audio (a bucket listing) -> fingerprint (a current cache
 stops here, before the tokenizer loads) -> plan windows and splits -> fetch (threads, one S3 client) ->
 decode, cut, augment, featurize (worker processes, one BLAS thread each, see worker.py) -> per-recording
-shards -> finalize. Memory stays flat: at most a few recordings are in flight between the download
-threads and the workers.
+shards -> the new cache's splits, appended in order as recordings finish -> the swap. Memory stays flat:
+at most a few recordings are in flight between the download threads and the workers.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import multiprocessing
 import multiprocessing.forkserver
 import os
 import queue
+import shutil
 import threading
 import time
 from collections import Counter
@@ -57,13 +58,13 @@ from whisper_pipeline.audio_sources import (
 )
 from whisper_pipeline.cache import (
     FORMAT_VERSION,
+    CacheBuilder,
     CacheLayout,
     PreviousRecording,
     RowSource,
     ShardStore,
     cache_features,
     exclusive_lock,
-    finalize,
     previous_recordings,
     processor_fingerprint,
     read_report,
@@ -217,6 +218,8 @@ def run_prepare(
                 writing.enter_context(exclusive_lock(layout.root))
             previous_report = read_report(layout.root)
             if not args.force and previous_report and previous_report.get("fingerprint") == fingerprint:
+                # shards a build left when it was stopped after its report (they are all in the cache)
+                shutil.rmtree(layout.staging, ignore_errors=True)
                 return PrepareSummary(previous_report, current=True)
         with _cache_write_errors(layout.root):
             report = _build(layout, inputs, settings, fingerprint, args, augmentation, model_dir, s3, started)
@@ -367,55 +370,58 @@ def _build(
     s3: _S3Access,
     started: float,
 ) -> Mapping[str, Any]:
-    """Plan windows and splits, compute what neither staged shards nor the previous cache hold, finalize."""
+    """Plan windows and splits, compute what neither staged shards nor the previous cache hold, write the
+    new cache as recordings finish, swap it in."""
     worker_context = _start_fork_server()  # it imports the workers' modules while this process plans
     featurizer = LogMelFeaturizer.from_pretrained(model_dir)  # another log-mel is refused before any work
     features = cache_features(featurizer.n_mels)
     store = ShardStore(layout.staging)
     setup = WorkerSetup(featurizer, augmentation, args.seed, shard_schema(features), store.directory)
-    with _feature_workers(args, setup, worker_context) as workers:
-        encoder = LabelEncoder.from_pretrained(model_dir, args.language, args.task)
-        windows_by_uri, window_skips = _plan_windows(inputs, encoder, args.max_window_seconds)
-        unavailable = [skip for skip in inputs.unavailable if skip.audio_uri in windows_by_uri]
-        skips = [*inputs.parsed.skips, *inputs.unresolved, *window_skips, *unavailable]
-        infos = {uri: info for uri, info in inputs.infos.items() if uri in windows_by_uri}
-        splits = assign_splits(infos, seed=args.seed, val_fraction=args.val_fraction)
-        works = {
-            uri: _recording_work(
-                uri, splits[uri], windows_by_uri[uri], infos[uri], settings, args, augmentation
+    with CacheBuilder(layout, features) as cache:
+        with _feature_workers(args, setup, worker_context) as workers:
+            encoder = LabelEncoder.from_pretrained(model_dir, args.language, args.task)
+            windows_by_uri, window_skips = _plan_windows(inputs, encoder, args.max_window_seconds)
+            unavailable = [skip for skip in inputs.unavailable if skip.audio_uri in windows_by_uri]
+            skips = [*inputs.parsed.skips, *inputs.unresolved, *window_skips, *unavailable]
+            infos = {uri: info for uri, info in inputs.infos.items() if uri in windows_by_uri}
+            splits = assign_splits(infos, seed=args.seed, val_fraction=args.val_fraction)
+            works = {
+                uri: _recording_work(
+                    uri, splits[uri], windows_by_uri[uri], infos[uri], settings, args, augmentation
+                )
+                for uri in sorted(infos)
+            }
+            previous = {} if args.force else previous_recordings(layout.root)
+            sizes = {uri: int(info["size"]) for uri, info in infos.items()}
+            results = _build_recordings(works, inputs.refs, sizes, store, previous, args, workers, s3, cache)
+        for result in results.values():
+            skips.extend(Skip(**skip) for skip in result.meta["skips"])
+        recordings_total = len(windows_by_uri)
+        failed = len(unavailable) + sum(1 for result in results.values() if result.meta["failed"])
+        by_reason = dict(sorted(Counter(skip.reason for skip in skips).items()))
+        if recordings_total and failed / recordings_total > args.max_skip_fraction:
+            raise TooManyFailures(
+                f"{failed} of {recordings_total} recordings could not be used, more than "
+                f"--max-skip-fraction {args.max_skip_fraction} (skips by reason: {by_reason}); "
+                "the previous cache is untouched"
             )
-            for uri in sorted(infos)
-        }
-        previous = {} if args.force else previous_recordings(layout.root)
-        sizes = {uri: int(info["size"]) for uri, info in infos.items()}
-        results = _build_recordings(works, inputs.refs, sizes, store, previous, args, workers, s3)
-    for result in results.values():
-        skips.extend(Skip(**skip) for skip in result.meta["skips"])
-    recordings_total = len(windows_by_uri)
-    failed = len(unavailable) + sum(1 for result in results.values() if result.meta["failed"])
-    by_reason = dict(sorted(Counter(skip.reason for skip in skips).items()))
-    if recordings_total and failed / recordings_total > args.max_skip_fraction:
-        raise TooManyFailures(
-            f"{failed} of {recordings_total} recordings could not be used, more than "
-            f"--max-skip-fraction {args.max_skip_fraction} (skips by reason: {by_reason}); "
-            "the previous cache is untouched"
-        )
-    if not any(result.meta["rows"] for result in results.values()):
-        raise TooManyFailures(f"no usable windows, the cache would be empty (skips by reason: {by_reason})")
+        if not any(result.meta["rows"] for result in results.values()):
+            raise TooManyFailures(
+                f"no usable windows, the cache would be empty (skips by reason: {by_reason})"
+            )
 
-    def make_report(cache_bytes: int) -> dict[str, Any]:
-        return _report(
-            fingerprint, inputs, works, results, skips, by_reason, settings, args, augmentation,
-            model_dir, s3,
-            recordings_total=recordings_total,
-            failed=failed,
-            elapsed=time.perf_counter() - started,
-            cache_bytes=cache_bytes,
-        )  # fmt: skip
+        def make_report(cache_bytes: int) -> dict[str, Any]:
+            return _report(
+                fingerprint, inputs, works, results, skips, by_reason, settings, args, augmentation,
+                model_dir, s3,
+                recordings_total=recordings_total,
+                failed=failed,
+                elapsed=time.perf_counter() - started,
+                cache_bytes=cache_bytes,
+            )  # fmt: skip
 
-    sources = [result.source for result in results.values() if result.source is not None]
-    recordings = {works[uri].key: dict(result.meta) for uri, result in results.items() if result.source}
-    report = finalize(layout, sources, features, recordings, make_report)
+        recordings = {works[uri].key: dict(result.meta) for uri, result in results.items() if result.source}
+        report = cache.commit(recordings, make_report)
     store.clear()
     return report
 
@@ -594,24 +600,37 @@ def _build_recordings(
     args: PrepareArguments,
     workers: ProcessPoolExecutor,
     s3: _S3Access,
+    cache: CacheBuilder,
 ) -> dict[str, RecordingResult]:
-    """Each recording from a staged shard, the previous cache, or computed now (in that order)."""
+    """Each recording from a staged shard, the previous cache, or computed now (in that order). Its rows
+    go into the cache in the order of `works` as soon as it and every recording before it are done."""
     results: dict[str, RecordingResult] = {}
+    order = iter(works)
+    upcoming = next(order, None)
+
+    def done(uri: str, result: RecordingResult) -> None:
+        nonlocal upcoming
+        results[uri] = result
+        while upcoming in results:
+            if results[upcoming].source is not None:
+                cache.append(results[upcoming].source)
+            upcoming = next(order, None)
+
     pending: list[RecordingWork] = []
     for uri, work in works.items():
         shard = store.load(work.key)
         if shard is not None:
             path = store.arrow_path(work.key) if shard.rows else None
-            results[uri] = RecordingResult(shard.meta, "resumed", RowSource(work.split, shard=path))
+            done(uri, RecordingResult(shard.meta, "resumed", RowSource(work.split, shard=path)))
         elif work.key in previous:
             old = previous[work.key]
-            results[uri] = RecordingResult(
-                old.meta, "reused", RowSource(work.split, previous_indices=old.indices)
+            done(
+                uri, RecordingResult(old.meta, "reused", RowSource(work.split, previous_indices=old.indices))
             )
         else:
             pending.append(work)
     if pending:
-        results.update(_compute(pending, refs, sizes, store, args, workers, s3))
+        _compute(pending, refs, sizes, store, args, workers, s3, done)
     return {uri: results[uri] for uri in works}
 
 
@@ -652,8 +671,10 @@ def _compute(
     args: PrepareArguments,
     workers: ProcessPoolExecutor,
     s3: _S3Access,
-) -> dict[str, RecordingResult]:
-    """Download threads feed the worker processes through a bounded number of in-flight recordings."""
+    done: Callable[[str, RecordingResult], None],
+) -> None:
+    """Download threads feed the worker processes through a bounded number of in-flight recordings; each
+    recording's result goes to `done` (in this thread) as it comes."""
     in_flight = _InFlight(max(1, args.download_concurrency) + 2 * _worker_count(args), IN_FLIGHT_BYTES)
     stop = threading.Event()
     finished: queue.Queue[tuple[RecordingWork, Future | None, AudioSourceError | BaseException | None]] = (
@@ -661,7 +682,6 @@ def _compute(
     )
     needs_client = any(refs[work.audio_uri].kind == "s3" for work in pending)
     client = s3.client() if needs_client else None
-    results: dict[str, RecordingResult] = {}
     total_seconds = sum(window.duration for work in pending for window in work.windows)
     progress = tqdm(total=total_seconds, unit="audio-s", unit_scale=True, desc=f"recordings 0/{len(pending)}")
 
@@ -679,11 +699,11 @@ def _compute(
                 finished.put((work, None, error))
                 return
 
-            def done(completed: Future) -> None:
+            def finish(completed: Future) -> None:
                 in_flight.release(size)
                 finished.put((work, completed, None))
 
-            future.add_done_callback(done)
+            future.add_done_callback(finish)
 
         try:
             for work in pending:
@@ -696,21 +716,18 @@ def _compute(
                         raise error
                     skip = Skip(error.reason, work.windows[0].task_id, work.audio_uri, str(error))
                     meta = _meta_of(work, RecordingOutcome(0, 0, 0, [skip], 0.0, failed=True))
-                    results[work.audio_uri] = RecordingResult(meta, "computed", None)
+                    done(work.audio_uri, RecordingResult(meta, "computed", None))
                 else:
                     outcome = future.result()
                     shard = store.commit(work.key, _meta_of(work, outcome))
                     path = store.arrow_path(work.key) if shard.rows else None
-                    results[work.audio_uri] = RecordingResult(
-                        shard.meta, "computed", RowSource(work.split, path)
-                    )
+                    done(work.audio_uri, RecordingResult(shard.meta, "computed", RowSource(work.split, path)))
                 progress.set_description(f"recordings {count}/{len(pending)}")
                 progress.set_postfix_str(f"{progress.n / 3600:.2f} of {total_seconds / 3600:.2f} audio-h")
                 progress.update(min(seconds, progress.total - progress.n))  # float sums may overshoot
         finally:
             stop.set()
             progress.close()
-    return results
 
 
 def _worker_count(args: PrepareArguments) -> int:
