@@ -291,8 +291,8 @@ class RowSource:
 class CacheBuilder:
     """The next cache, written while it is computed: `append` adds each recording's rows to its split
     (the caller keeps the build's order), so that when the last recording is done only `commit` is left:
-    the splits' closing, their json, and the swap. Splitting the writing from the swap keeps the 2-core
-    machine's second core busy to the end instead of idle through a second or more of writing.
+    the splits' closing, their json, and the swap. The writing then overlaps the feature workers instead
+    of leaving all cores but one idle for a second or more after the last recording (at 4N, 180 audio-min).
 
     The splits grow in .build/, which a kill leaves behind and the next build starts afresh (the rows stay
     in the staged shards). Leaving the `with` block without a commit removes it.
