@@ -191,7 +191,7 @@ def test_a_rerun_lists_what_the_previous_run_listed_while_the_export_is_parsed(s
     assert calls == [("HeadBucket", "MainThread"), ("ListObjectsV2", "MainThread")]
     report = {"listings": [asdict(listing) for listing in listings(list(first.refs.values()))]}
     again, calls = gather(report)
-    assert sorted(calls) == [("HeadBucket", "MainThread"), ("ListObjectsV2", "scan-ahead")]
+    assert calls == [("ListObjectsV2", "scan-ahead")]  # a bucket that answered the listing needs no HEAD
     assert again.infos == first.infos and again.annotations_sha256 == first.annotations_sha256
     # A bucket the user no longer allows is not even listed.
     elsewhere, calls = gather(report, allowed_buckets=["another-bucket"])

@@ -345,12 +345,14 @@ def _identify(
         except UnresolvableAudioError as error:
             unresolved.append(Skip(error.reason, task.task_id, task.audio_uri, str(error)))
     buckets = sorted({ref.bucket for ref in refs.values() if ref.kind == "s3"})
-    if buckets:
-        preflight(s3.client(), buckets)
+    scans = scanned()
+    listed = {plan.bucket for plan, done in scans.items() if done.complete}  # they have answered
+    if unasked := [bucket for bucket in buckets if bucket not in listed]:
+        preflight(s3.client(), unasked)
     client = s3.client() if buckets else None
     infos: dict[str, dict[str, Any]] = {}
     unavailable: list[Skip] = []
-    stats = stat_all(list(refs.values()), client, args.download_concurrency, scanned())
+    stats = stat_all(list(refs.values()), client, args.download_concurrency, scans)
     for uri, info in sorted(stats.items()):
         if isinstance(info, AudioSourceError):
             unavailable.append(Skip(info.reason, task_of[uri], uri, str(info)))
