@@ -20,6 +20,7 @@ An audio-second is a second of transcribed speech in the export: the same count 
 from __future__ import annotations
 
 import argparse
+import importlib
 import io
 import json
 import multiprocessing
@@ -59,9 +60,7 @@ from whisper_pipeline.cache import (
     CacheLayout,
     RowSource,
     ShardStore,
-    cache_features,
     encode_shard,
-    shard_schema,
 )
 from whisper_pipeline.constants import CHUNK_SECONDS, SAMPLE_RATE
 from whisper_pipeline.demo import PITCHES, SPEEDS, VOICES, demo_sentences
@@ -79,6 +78,7 @@ from whisper_pipeline.worker import (
     process_recording,
     recording_rows,
 )
+from whisper_pipeline.worker_server import WORKER_MODULES
 
 REPO = Path(__file__).resolve().parents[1]
 BUCKET = "bench-speech"
@@ -500,13 +500,13 @@ def _stage_seconds(
     limit_threads()
     settings = AugmentationSettings()
     featurizer = LogMelFeaturizer.from_pretrained(model)
-    features = cache_features(featurizer.n_mels)
-    schema = shard_schema(features)
     layout = CacheLayout(workdir / "sample_cache")
     shutil.rmtree(layout.root, ignore_errors=True)
     store = ShardStore(layout.staging)
-    # As in a worker: process_recording runs as there.
-    init_worker(WorkerSetup(featurizer, settings, SEED, schema, store.directory))
+    # As in a worker forked from the fork server, with its modules imported: process_recording runs as there.
+    for module in WORKER_MODULES:
+        importlib.import_module(module)
+    init_worker(WorkerSetup(featurizer, settings, SEED, store.directory))
     encoder = LabelEncoder.from_pretrained(model, LANGUAGE, "transcribe")
     workdir.mkdir(parents=True, exist_ok=True)
     export = write_export(recordings, workdir / "sample_export.json")
@@ -543,11 +543,13 @@ def _stage_seconds(
         work = RecordingWork(task.task_id, task.audio_uri, splits[task.audio_uri], tuple(windows), copies)
         outcome = timed("worker_check", process_recording, work, data)
         rows, _, _ = recording_rows(work, samples)  # the rows process_recording wrote: written again
-        shard = timed("write", encode_shard, rows, schema)
+        shard = timed("write", encode_shard, rows)
         timed("write", store.write_rows, work.key, shard)
         timed("write", store.commit, work.key, {"split": work.split, "rows": outcome.rows})
         sources.append(RowSource(work.split, store.arrow_path(work.key)))
-    with CacheBuilder(layout, features) as cache:  # opening two empty split files: not timed, as not per row
+    import datasets  # noqa: F401  (untimed: the first append would import it, once per run, not per row)
+
+    with CacheBuilder(layout, featurizer.n_mels) as cache:
         for source in sources:
             timed("write", cache.append, source)
         timed("write", cache.commit, {}, lambda size: {"cache_bytes": size})

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pytest
 
 from whisper_pipeline.audio import AugmentationSettings, augment, augmentation_seed, cut, decode_audio
-from whisper_pipeline.cache import ShardStore, cache_features, shard_schema
+from whisper_pipeline.cache import ShardStore
 from whisper_pipeline.features import LogMelFeaturizer
 from whisper_pipeline.segments import Window
 from whisper_pipeline.worker import RecordingWork, WorkerSetup, init_worker, process_recording
@@ -30,8 +30,7 @@ def featurizer(tiny_model_dir) -> LogMelFeaturizer:
 
 @pytest.fixture
 def setup(featurizer, tmp_path) -> WorkerSetup:
-    schema = shard_schema(cache_features(featurizer.n_mels))
-    return WorkerSetup(featurizer, AugmentationSettings(), SEED, schema, tmp_path / "shards")
+    return WorkerSetup(featurizer, AugmentationSettings(), SEED, tmp_path / "shards")
 
 
 def shard_rows(setup: WorkerSetup, key: str) -> list[dict]:

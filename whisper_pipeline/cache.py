@@ -14,7 +14,7 @@
 Features are stored unpadded (time-major float16 frames that hold audio) with the single value every
 padding frame takes, so the padded 30 s input is reconstructed exactly (see features.py).
 
-A shard holds the rows with plain Arrow types (`shard_schema`): the feature workers encode them
+A shard holds the rows with plain Arrow types (`SHARD_SCHEMA`): the feature workers encode them
 (`encode_shard`) without importing datasets, which costs each process a second, and the main process only
 writes the bytes. datasets is imported where a split is written or read, not on import of this module: a
 rerun that finds its cache current, and the workers, never load it.
@@ -29,6 +29,7 @@ import shutil
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -58,40 +59,37 @@ PROCESSOR_FILES = (
 )
 
 
+# A shard's rows in plain Arrow types, which pyarrow alone builds: the feature workers encode with it, and
+# the main process starts them, before datasets (1 s to import) is loaded. The features' Array2D is stored
+# as lists of lists (frames x mel bins); `cache_features` gives the cache's columns, these with that
+# extension type, and `_as_cache_table` puts it back around a shard's column without a copy.
+SHARD_SCHEMA = pa.schema(
+    [
+        ("input_features", pa.list_(pa.list_(pa.float16()))),
+        ("pad_value", pa.float32()),
+        ("labels", pa.list_(pa.int32())),
+        ("text", pa.string()),
+        ("audio_uri", pa.string()),
+        ("task_id", pa.string()),
+        ("segment_id", pa.string()),
+        ("start", pa.float64()),
+        ("end", pa.float64()),
+        ("augmentation", pa.int8()),
+        ("recording_key", pa.string()),
+    ]
+)
+
+
 def cache_features(num_mel_bins: int) -> datasets.Features:
-    """The row schema of both splits."""
-    from datasets import Array2D, Features, List, Value
+    """The row schema of both splits: the shard's columns, the features as an Array2D of `num_mel_bins`."""
+    from datasets import Array2D, Features
 
-    return Features(
-        {
-            "input_features": Array2D(shape=(None, num_mel_bins), dtype="float16"),
-            "pad_value": Value("float32"),
-            "labels": List(Value("int32")),
-            "text": Value("string"),
-            "audio_uri": Value("string"),
-            "task_id": Value("string"),
-            "segment_id": Value("string"),
-            "start": Value("float64"),
-            "end": Value("float64"),
-            "augmentation": Value("int8"),
-            "recording_key": Value("string"),
-        }
-    )
+    features = Features.from_arrow_schema(SHARD_SCHEMA)
+    features["input_features"] = Array2D(shape=(None, num_mel_bins), dtype="float16")
+    return features
 
 
-def shard_schema(features: datasets.Features) -> pa.Schema:
-    """The schema of a shard: the cache's, each extension column (the features' Array2D) as its storage
-    type, which pyarrow alone can build. `_as_cache_table` puts the extension types back, without a copy."""
-    return pa.schema(
-        pa.field(column.name, _storage_type(column.type), column.nullable) for column in features.arrow_schema
-    )
-
-
-def _storage_type(arrow_type: pa.DataType) -> pa.DataType:
-    return arrow_type.storage_type if isinstance(arrow_type, pa.ExtensionType) else arrow_type
-
-
-def encode_shard(rows: Sequence[Mapping[str, Any]], schema: pa.Schema) -> bytes:
+def encode_shard(rows: Sequence[Mapping[str, Any]]) -> bytes:
     """One recording's rows (at least one) as an Arrow IPC stream of one record batch. A 2-D array (the
     features: frames x mel bins) becomes lists of lists over one contiguous buffer; other values convert
     as they are."""
@@ -99,11 +97,11 @@ def encode_shard(rows: Sequence[Mapping[str, Any]], schema: pa.Schema) -> bytes:
         _nested_lists([row[column.name] for row in rows], column.type)
         if pa.types.is_list(column.type) and pa.types.is_list(column.type.value_type)
         else pa.array([row[column.name] for row in rows], type=column.type)
-        for column in schema
+        for column in SHARD_SCHEMA
     ]
     sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, schema) as writer:
-        writer.write_batch(pa.RecordBatch.from_arrays(columns, schema=schema))
+    with pa.ipc.new_stream(sink, SHARD_SCHEMA) as writer:
+        writer.write_batch(pa.RecordBatch.from_arrays(columns, schema=SHARD_SCHEMA))
     return sink.getvalue().to_pybytes()
 
 
@@ -302,40 +300,53 @@ class CacheBuilder:
     with the cache (400 MB more for 3 audio-hours).
     """
 
-    def __init__(self, layout: CacheLayout, features: datasets.Features) -> None:
+    def __init__(self, layout: CacheLayout, num_mel_bins: int) -> None:
         self._layout = layout
         self._build = layout.root / ".build"
-        self._features = features
-        self._schema = features.arrow_schema  # a property that builds the schema anew: 1 ms per call
+        self._num_mel_bins = num_mel_bins
         self._writers: dict[str, Any] = {}
         self._previous: dict[str, datasets.Dataset] = {}
 
     def __enter__(self) -> CacheBuilder:
-        from datasets.arrow_writer import ArrowWriter
-
         shutil.rmtree(self._build, ignore_errors=True)
         for split in SPLITS:
             (self._build / split).mkdir(parents=True)
-            path = self._build / split / SPLIT_DATA_FILE
-            self._writers[split] = ArrowWriter(features=self._features, path=str(path))
         return self
 
     def __exit__(self, *exception) -> None:
         self._close()
         shutil.rmtree(self._build, ignore_errors=True)  # after a commit, already gone
 
+    @cached_property
+    def features(self) -> datasets.Features:
+        return cache_features(self._num_mel_bins)
+
+    @cached_property
+    def _schema(self) -> pa.Schema:
+        return self.features.arrow_schema  # a property that builds the schema anew: 1 ms per call
+
+    def _writer(self, split: str) -> Any:
+        """The split's writer, opened on first use: datasets (1 s to import) loads while the workers
+        compute the first recordings, not before they can start."""
+        if split not in self._writers:
+            from datasets.arrow_writer import ArrowWriter
+
+            path = self._build / split / SPLIT_DATA_FILE
+            self._writers[split] = ArrowWriter(features=self.features, path=str(path))
+        return self._writers[split]
+
     def append(self, source: RowSource) -> None:
         """A recording's rows, as one record batch, after those appended before."""
         if source.shard is not None:
             with pa.OSFile(str(source.shard)) as shard:  # read, not mapped: see the class docstring
-                self._writers[source.split].write_table(
+                self._writer(source.split).write_table(
                     _as_cache_table(pa.ipc.open_stream(shard).read_all(), self._schema)
                 )
         elif source.previous_indices:
             if source.split not in self._previous:
                 self._previous[source.split] = load_split(self._layout.root, source.split)
             rows = self._previous[source.split].select(source.previous_indices).with_format("arrow")
-            self._writers[source.split].write_table(rows[: len(rows)].combine_chunks())
+            self._writer(source.split).write_table(rows[: len(rows)].combine_chunks())
 
     def commit(
         self,
@@ -351,8 +362,8 @@ class CacheBuilder:
         import datasets
 
         (self._build / RECORDINGS_NAME).write_text(json.dumps(recordings, sort_keys=True), encoding="utf-8")
-        for split, writer in self._writers.items():
-            writer.finalize()  # an empty split still gets its (empty) file: load_from_disk needs one
+        for split in SPLITS:
+            self._writer(split).finalize()  # an empty split gets its empty file: load_from_disk needs one
             keys = sorted(key for key, meta in recordings.items() if meta["split"] == split)
             state = {
                 "_data_files": [{"filename": SPLIT_DATA_FILE}],
@@ -367,7 +378,7 @@ class CacheBuilder:
             (self._build / split / datasets.config.DATASET_STATE_JSON_FILENAME).write_text(
                 json.dumps(state, indent=2, sort_keys=True), encoding="utf-8"
             )
-            datasets.DatasetInfo(features=self._features).write_to_directory(str(self._build / split))
+            datasets.DatasetInfo(features=self.features).write_to_directory(str(self._build / split))
         self._close()
         cache_bytes = sum(path.stat().st_size for path in self._build.rglob("*") if path.is_file())
         report = make_report(cache_bytes)

@@ -12,8 +12,7 @@ from __future__ import annotations
 import errno
 import gc
 import hashlib
-import multiprocessing
-import multiprocessing.forkserver
+import multiprocessing.context
 import os
 import queue
 import shutil
@@ -63,12 +62,10 @@ from whisper_pipeline.cache import (
     PreviousRecording,
     RowSource,
     ShardStore,
-    cache_features,
     exclusive_lock,
     previous_recordings,
     processor_fingerprint,
     read_report,
-    shard_schema,
     stable_hash,
 )
 from whisper_pipeline.config import parse_config, to_plain_dict
@@ -83,6 +80,7 @@ from whisper_pipeline.worker import (
     init_worker,
     process_recording,
 )
+from whisper_pipeline.worker_server import start_worker_server
 
 EXIT_TOO_MANY_FAILURES = 1
 IN_FLIGHT_BYTES = 256 * 2**20  # encoded audio downloaded and not yet featurized, at most (see _InFlight)
@@ -374,12 +372,11 @@ def _build(
 ) -> Mapping[str, Any]:
     """Plan windows and splits, compute what neither staged shards nor the previous cache hold, write the
     new cache as recordings finish, swap it in."""
-    worker_context = _start_fork_server()  # it imports the workers' modules while this process plans
+    worker_context = start_worker_server()  # started by prepare_data.py already, unless called as a library
     featurizer = LogMelFeaturizer.from_pretrained(model_dir)  # another log-mel is refused before any work
-    features = cache_features(featurizer.n_mels)
     store = ShardStore(layout.staging)
-    setup = WorkerSetup(featurizer, augmentation, args.seed, shard_schema(features), store.directory)
-    with CacheBuilder(layout, features) as cache:
+    setup = WorkerSetup(featurizer, augmentation, args.seed, store.directory)
+    with CacheBuilder(layout, featurizer.n_mels) as cache:
         with _feature_workers(args, setup, worker_context) as workers:
             encoder = LabelEncoder.from_pretrained(model_dir, args.language, args.task)
             windows_by_uri, window_skips = _plan_windows(inputs, encoder, args.max_window_seconds)
@@ -388,9 +385,7 @@ def _build(
             infos = {uri: info for uri, info in inputs.infos.items() if uri in windows_by_uri}
             splits = assign_splits(infos, seed=args.seed, val_fraction=args.val_fraction)
             works = {
-                uri: _recording_work(
-                    uri, splits[uri], windows_by_uri[uri], infos[uri], settings, args, augmentation
-                )
+                uri: _recording_work(uri, splits[uri], windows_by_uri[uri], infos[uri], settings, args)
                 for uri in sorted(infos)
             }
             previous = {} if args.force else previous_recordings(layout.root)
@@ -518,7 +513,6 @@ def _recording_work(
     info: Mapping[str, Any],
     settings: Mapping[str, Any],
     args: PrepareArguments,
-    augmentation: AugmentationSettings,
 ) -> RecordingWork:
     """One recording's work, keyed by exactly what shapes its rows: a changed setting that does not touch
     it (augmentation for a validation recording, another recording's audio) leaves it reusable."""
@@ -529,9 +523,9 @@ def _recording_work(
             "processor": settings["processor"],
             "object": info,
             "split": split,
-            "windows": [asdict(window) for window in windows],
+            "windows": [vars(window) for window in windows],  # as asdict gives them, 30 times faster
             "copies": copies,
-            "augmentation": {"settings": asdict(augmentation), "seed": args.seed} if copies else None,
+            "augmentation": {"settings": settings["augmentation"], "seed": args.seed} if copies else None,
         }
     )
     return RecordingWork(key=key, audio_uri=uri, split=split, windows=tuple(windows), copies=copies)
@@ -734,19 +728,6 @@ def _compute(
 
 def _worker_count(args: PrepareArguments) -> int:
     return args.num_workers or os.cpu_count() or 1
-
-
-def _start_fork_server() -> multiprocessing.context.ForkServerContext:
-    """The feature workers' fork server, started now: it imports the workers' modules (1.5 s of CPU, on
-    another core) while this process reads the model's settings, loads the tokenizer and plans.
-
-    Each worker is forked from it with those modules imported once (a worker spawned afresh would import
-    them again), not from this process, whose threads (S3 downloads) make fork unsafe. Starting the
-    server returns at once; forking a worker waits for its imports."""
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["whisper_pipeline.worker", "audiomentations"])
-    multiprocessing.forkserver.ensure_running()
-    return context
 
 
 @contextmanager

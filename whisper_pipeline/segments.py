@@ -49,9 +49,9 @@ def pack_windows(
     windows: list[Window] = []
     skips: list[Skip] = []
 
-    def close(group: list[Region]) -> None:
+    def close(group: list[Region], labels: tuple[int, ...] | None) -> None:
         text = " ".join(region.text for region in group)
-        labels = tuple(encode(text))
+        labels = tuple(encode(text)) if labels is None else labels
         if len(labels) > max_tokens:
             detail = f"region {group[0].region_id}: {len(labels)} tokens > {max_tokens}"
             skips.append(Skip("labels_too_long", task.task_id, task.audio_uri, detail))
@@ -70,38 +70,42 @@ def pack_windows(
         )
 
     group: list[Region] = []
+    labels: tuple[int, ...] | None = None  # the group's, once an extension has encoded them
     for region in speech:
         if region.end - region.start > max_seconds:
             detail = f"region {region.region_id}: {region.end - region.start:.1f} s > {max_seconds:g} s"
             skips.append(Skip("region_over_30s", task.task_id, task.audio_uri, detail))
             continue
-        if group and _can_extend(group, region, untranscribed, encode, max_seconds, max_tokens):
-            group.append(region)
-            continue
         if group:
-            close(group)
-        group = [region]
+            extended = _extended_labels(group, region, untranscribed, encode, max_seconds, max_tokens)
+            if extended is not None:
+                group.append(region)
+                labels = extended
+                continue
+            close(group, labels)
+        group, labels = [region], None
     if group:
-        close(group)
+        close(group, labels)
     return windows, skips
 
 
-def _can_extend(
+def _extended_labels(
     group: list[Region],
     region: Region,
     untranscribed: Iterable[Region],
     encode: Callable[[str], Sequence[int]],
     max_seconds: float,
     max_tokens: int,
-) -> bool:
+) -> tuple[int, ...] | None:
+    """The labels of the group with `region` added, or None when that window would break a limit."""
     start = group[0].start
     end = max(region.end, *(member.end for member in group))
     if end - start > max_seconds:
-        return False
+        return None
     if any(other.start < end and other.end > start for other in untranscribed):
-        return False
-    text = " ".join(member.text for member in [*group, region])
-    return len(encode(text)) <= max_tokens
+        return None
+    labels = tuple(encode(" ".join(member.text for member in [*group, region])))
+    return labels if len(labels) <= max_tokens else None
 
 
 def split_score(audio_uri: str, seed: int) -> float:

@@ -2,9 +2,9 @@
 
 A module of its own so that a worker process imports only what it runs (decoding, augmentation, the
 log-mel, pyarrow for the shard): no torch, transformers, datasets or S3 client. That keeps the workers'
-start-up (1.5 s of imports, once, in the fork server prepare.py forks them from) and their memory small.
-The main process reads the feature extractor's settings and the cache's schema and hands them over; a
-worker writes each shard itself and returns what the main process records.
+start-up (2 s of imports, once, in the fork server of worker_server.py) and their memory small.
+The main process reads the feature extractor's settings and hands them over; a worker writes each shard
+itself and returns what the main process records.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
 from whisper_pipeline.annotations import Skip
 from whisper_pipeline.audio import (
@@ -65,7 +64,6 @@ class WorkerSetup:
     featurizer: LogMelFeaturizer  # built by the main process from the model's settings
     augmentation: AugmentationSettings
     seed: int
-    schema: pa.Schema  # cache.shard_schema: the Arrow types the rows are encoded in
     shards: Path  # the ShardStore directory
 
 
@@ -86,7 +84,7 @@ def process_recording(work: RecordingWork, data: bytes) -> RecordingOutcome:
         return RecordingOutcome(0, 0, 0, [skip], 0.0, failed=True)
     rows, skips, seconds = recording_rows(work, samples)
     if rows:
-        _state["store"].write_rows(work.key, encode_shard(rows, _state["setup"].schema))
+        _state["store"].write_rows(work.key, encode_shard(rows))
     return RecordingOutcome(
         rows=len(rows),
         windows=len({row["segment_id"] for row in rows}),
