@@ -718,8 +718,10 @@ def _compute(
                     shard = store.commit(work.key, _meta_of(work, outcome))
                     path = store.arrow_path(work.key) if shard.rows else None
                     done(work.audio_uri, RecordingResult(shard.meta, "computed", RowSource(work.split, path)))
-                progress.set_description(f"recordings {count}/{len(pending)}")
-                progress.set_postfix_str(f"{progress.n / 3600:.2f} of {total_seconds / 3600:.2f} audio-h")
+                # drawn by update, at most every 0.1 s (each setter would redraw the bar at once)
+                progress.set_description(f"recordings {count}/{len(pending)}", refresh=False)
+                hours = f"{progress.n / 3600:.2f} of {total_seconds / 3600:.2f} audio-h"
+                progress.set_postfix_str(hours, refresh=False)
                 progress.update(min(seconds, progress.total - progress.n))  # float sums may overshoot
         finally:
             stop.set()
