@@ -2,7 +2,7 @@
 
 A module of its own so that a worker process imports only what it runs (decoding, augmentation, the
 log-mel, pyarrow for the shard): no torch, transformers, datasets or S3 client. That keeps the workers'
-start-up (2 s of imports, once, in the fork server of worker_server.py) and their memory small.
+start-up (2.7 s of imports, once, in the fork server of worker_server.py) and their memory small.
 The main process reads the feature extractor's settings and hands them over; a worker writes each shard
 itself and returns what the main process records.
 """
