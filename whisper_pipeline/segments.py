@@ -49,9 +49,9 @@ def pack_windows(
     windows: list[Window] = []
     skips: list[Skip] = []
 
-    def close(group: list[Region], labels: tuple[int, ...] | None) -> None:
+    def close(group: list[Region], known_labels: tuple[int, ...] | None) -> None:
         text = " ".join(region.text for region in group)
-        labels = tuple(encode(text)) if labels is None else labels
+        labels = tuple(encode(text)) if known_labels is None else known_labels
         if len(labels) > max_tokens:
             detail = f"region {group[0].region_id}: {len(labels)} tokens > {max_tokens}"
             skips.append(Skip("labels_too_long", task.task_id, task.audio_uri, detail))
