@@ -17,7 +17,8 @@ from whisper_pipeline.worker_server import WORKER_MODULES, start_worker_server, 
 with worker_server_for_command():
     server = multiprocessing.forkserver._forkserver
     pid = server._forkserver_pid
-    same = start_worker_server() is not None and server._forkserver_pid == pid  # started once
+    start_worker_server()  # as prepare.run_prepare calls it again: the running server is kept
+    same = server._forkserver_pid == pid
 _, status = os.waitpid(pid, 0)  # still importing its modules when the command ends: stopped, not awaited
 print(json.dumps({
     "same_server": same,

@@ -70,8 +70,6 @@ class WorkerSetup:
 def init_worker(setup: WorkerSetup) -> None:
     """Per worker process: one BLAS thread, the shared settings, the shard store."""
     limit_threads()
-    import audiomentations  # noqa: F401  (now, while the main process plans, not in the first recording)
-
     _state.update(setup=setup, store=ShardStore(setup.shards))
 
 
