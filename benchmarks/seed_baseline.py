@@ -2,14 +2,12 @@
 
     python -m benchmarks.seed_baseline --annotations export.json --output-dir DIR --model model
 
-What the seed did, step for step: read the Label Studio export into a list of tasks, then
-`datasets.Dataset.from_list(tasks).map(fn, num_proc=4)` over whole files, where `fn` creates a boto3 client,
+Step for step what the seed did: the Label Studio export read into a list of tasks, then
+`datasets.Dataset.from_list(tasks).map(fn, num_proc=4)` over whole files, where `fn` makes a boto3 client,
 downloads the file, decodes it with `librosa.load(sr=16000)`, cuts each region, adds one augmented copy of
-each training region (audiomentations: Gain, AddGaussianNoise, TimeStretch, PitchShift, p=0.5 each),
-computes the padded float32 log-mel with `WhisperFeatureExtractor` (80 x 3000 whatever the length),
-tokenizes the text, and finally `save_to_disk`. No thread limits (4 processes on however many cores), no
-resume, no skips. Only the split is taken from the pipeline (`assign_splits`), so that both sides augment
-the same recordings and do the same work.
+each training region (audiomentations), computes the padded float32 log-mel with `WhisperFeatureExtractor`
+(80 x 3000 whatever the length) and tokenizes the text; finally `save_to_disk`. No thread limits, no
+resume, no skips. Only the split comes from the pipeline (`assign_splits`), so both sides do the same work.
 """
 
 from __future__ import annotations
@@ -30,7 +28,8 @@ import librosa
 from audiomentations import AddGaussianNoise, Compose, Gain, PitchShift, TimeStretch
 from transformers import WhisperProcessor
 
-from whisper_pipeline.segments import TRAIN, assign_splits
+from whisper_pipeline.cache import TRAIN
+from whisper_pipeline.prepare.windows import assign_splits
 
 SAMPLE_RATE = 16_000
 EXCLUDED_LABELS = {"noise"}
@@ -90,7 +89,16 @@ def process_file(batch: dict[str, list], processor: WhisperProcessor, augment: C
     return rows
 
 
-def run(args: argparse.Namespace) -> dict[str, int]:
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser("python -m benchmarks.seed_baseline", description=__doc__.split("\n")[0])
+    parser.add_argument("--annotations", required=True, help="Label Studio full JSON export (local path)")
+    parser.add_argument("--output-dir", required=True, help="where save_to_disk writes")
+    parser.add_argument("--model", default="model", help="Whisper directory (processor files)")
+    parser.add_argument("--language", default="vi")
+    parser.add_argument("--num-proc", type=int, default=4, help="datasets.map processes (the seed's 4)")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--val-fraction", type=float, default=0.1)
+    args = parser.parse_args(argv)
     tasks = read_tasks(Path(args.annotations), seed=args.seed, val_fraction=args.val_fraction)
     processor = WhisperProcessor.from_pretrained(args.model)
     processor.tokenizer.set_prefix_tokens(language=args.language, task="transcribe", predict_timestamps=False)
@@ -103,23 +111,7 @@ def run(args: argparse.Namespace) -> dict[str, int]:
         fn_kwargs={"processor": processor, "augment": augmentation_chain()},
     )
     dataset.save_to_disk(args.output_dir)
-    splits = dataset["split"]
-    return {"rows": len(dataset), "train_rows": splits.count(TRAIN), "recordings": len(tasks)}
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.seed_baseline", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument("--annotations", required=True, help="Label Studio full JSON export (local path)")
-    parser.add_argument("--output-dir", required=True, help="where save_to_disk writes")
-    parser.add_argument("--model", default="model", help="Whisper directory (processor files)")
-    parser.add_argument("--language", default="vi")
-    parser.add_argument("--num-proc", type=int, default=4, help="datasets.map processes (the seed's 4)")
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--val-fraction", type=float, default=0.1)
-    args = parser.parse_args(argv)
-    summary = run(args)
+    summary = {"rows": len(dataset), "train_rows": dataset["split"].count(TRAIN), "recordings": len(tasks)}
     Path(args.output_dir, "seed_summary.json").write_text(json.dumps(summary))
     print(json.dumps(summary))
     return 0

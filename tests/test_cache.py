@@ -7,13 +7,13 @@ import pytest
 
 from whisper_pipeline.cache import (
     SHARD_SCHEMA,
+    SPLITS,
     CacheBuilder,
     CacheLayout,
     cache_features,
     load_split,
     read_report,
 )
-from whisper_pipeline.segments import SPLITS
 
 
 @pytest.mark.parametrize("num_mel_bins", [80, 128])
@@ -29,11 +29,12 @@ def test_the_shard_schema_is_the_cache_schema_in_storage_types(num_mel_bins):
     assert cache_features(num_mel_bins)["input_features"].shape == (None, num_mel_bins)
 
 
-def test_a_build_with_no_rows_commits_two_empty_loadable_splits(tmp_path):
-    """A split's file is opened on its first rows; one that gets none is still written at the commit."""
+def test_a_build_with_no_rows_swaps_in_two_empty_loadable_splits(tmp_path):
+    """A split's file is opened on its first rows; one that gets none is still written when closed."""
     layout = CacheLayout(tmp_path / "cache")
     with CacheBuilder(layout, 80) as cache:
-        report = cache.commit({}, lambda size: {"cache_bytes": size})
+        report = {"cache_bytes": cache.close_splits({})}
+        cache.swap_in(report)
     assert read_report(layout.root) == report
     for split in SPLITS:
         dataset = load_split(layout.root, split)
@@ -42,7 +43,7 @@ def test_a_build_with_no_rows_commits_two_empty_loadable_splits(tmp_path):
     assert not (layout.root / ".build").exists()
 
 
-def test_leaving_without_a_commit_leaves_no_build_behind(tmp_path):
+def test_leaving_without_a_swap_leaves_no_build_behind(tmp_path):
     layout = CacheLayout(tmp_path / "cache")
     with pytest.raises(RuntimeError), CacheBuilder(layout, 80):
         assert (layout.root / ".build").is_dir()

@@ -26,7 +26,7 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
@@ -37,13 +37,17 @@ import numpy as np
 import pyarrow as pa
 from filelock import FileLock, Timeout
 
+from whisper_pipeline.atomic import atomic_write_bytes, fsync_directory
 from whisper_pipeline.errors import CacheError
-from whisper_pipeline.segments import SPLITS
 
 if TYPE_CHECKING:
     import datasets
 
 FORMAT_VERSION = 1
+TRAIN = "train"
+VALIDATION = "validation"
+SPLITS = (TRAIN, VALIDATION)
+SOURCE_COLUMNS = ("segment_id", "audio_uri", "start", "end")  # where a row's audio comes from
 REPORT_NAME = "prepare_report.json"
 RECORDINGS_NAME = "recordings.json"  # per-recording outcome (rows, skips, seconds), for reuse
 STAGING_NAME = ".staging"
@@ -60,7 +64,7 @@ PROCESSOR_FILES = (
 
 
 # A shard's rows in plain Arrow types, which pyarrow alone builds: the feature workers encode with it, and
-# the main process starts them, before datasets (1 s to import) is loaded. The features' Array2D is stored
+# the main process starts them, before datasets (slow to import) is loaded. The features' Array2D is stored
 # as lists of lists (frames x mel bins); `cache_features` gives the cache's columns, these with that
 # extension type, and `_as_cache_table` puts it back around a shard's column without a copy.
 SHARD_SCHEMA = pa.schema(
@@ -132,25 +136,6 @@ def processor_fingerprint(model_dir: Path) -> str:
         if path.is_file():
             digest.update(name.encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
     return digest.hexdigest()
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temporary file and rename: readers see the old file or the whole new one."""
-    temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(temporary, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-    _fsync_directory(path.parent)
-
-
-def _fsync_directory(directory: Path) -> None:
-    descriptor = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 @dataclass(frozen=True)
@@ -288,16 +273,16 @@ class RowSource:
 
 class CacheBuilder:
     """The next cache, written while it is computed: `append` adds each recording's rows to its split
-    (the caller keeps the build's order), so that when the last recording is done only `commit` is left:
-    the splits' closing, their json, and the swap. The writing then overlaps the feature workers instead
-    of leaving all cores but one idle for a second or more after the last recording (at 4N, 180 audio-min).
+    (the caller keeps the build's order), so that when the last recording is done only the splits' closing
+    (`close_splits`) and the swap (`swap_in`) are left. The writing then overlaps the feature workers instead
+    of leaving all cores but one idle after the last recording.
 
     The splits grow in .build/, which a kill leaves behind and the next build starts afresh (the rows stay
-    in the staged shards). Leaving the `with` block without a commit removes it.
+    in the staged shards). Leaving the `with` block without a swap removes it.
 
     Each shard is read into memory, written and let go: save_to_disk over the concatenated shards would
     memory-map every shard at once and touch all of them, and the process's resident memory would grow
-    with the cache (400 MB more for 3 audio-hours).
+    with the cache.
     """
 
     def __init__(self, layout: CacheLayout, num_mel_bins: int) -> None:
@@ -315,7 +300,7 @@ class CacheBuilder:
 
     def __exit__(self, *exception) -> None:
         self._close()
-        shutil.rmtree(self._build, ignore_errors=True)  # after a commit, already gone
+        shutil.rmtree(self._build, ignore_errors=True)  # after a swap, already gone
 
     @cached_property
     def features(self) -> datasets.Features:
@@ -323,10 +308,10 @@ class CacheBuilder:
 
     @cached_property
     def _schema(self) -> pa.Schema:
-        return self.features.arrow_schema  # a property that builds the schema anew: 1 ms per call
+        return self.features.arrow_schema  # a property that builds the schema anew on each call
 
     def _writer(self, split: str) -> Any:
-        """The split's writer, opened on first use: datasets (1 s to import) loads while the workers
+        """The split's writer, opened on first use: datasets (slow to import) loads while the workers
         compute the first recordings, not before they can start."""
         if split not in self._writers:
             from datasets.arrow_writer import ArrowWriter
@@ -348,17 +333,9 @@ class CacheBuilder:
             rows = self._previous[source.split].select(source.previous_indices).with_format("arrow")
             self._writer(source.split).write_table(rows[: len(rows)].combine_chunks())
 
-    def commit(
-        self,
-        recordings: Mapping[str, Mapping[str, Any]],
-        make_report: Callable[[int], Mapping[str, Any]],
-    ) -> Mapping[str, Any]:
-        """Close both splits, swap them in, then write the report last.
-
-        From the moment the old report is removed until the new one is written the folder holds no report,
-        so an interrupted swap is never taken for a complete cache; the rerun rebuilds from the staged
-        shards. `make_report(cache_bytes)` gives the report once the size of the new cache is known.
-        """
+    def close_splits(self, recordings: Mapping[str, Mapping[str, Any]]) -> int:
+        """Close both splits and write their metadata and recordings.json beside them, in .build/; returns
+        the new cache's size in bytes (for its report)."""
         import datasets
 
         (self._build / RECORDINGS_NAME).write_text(json.dumps(recordings, sort_keys=True), encoding="utf-8")
@@ -380,12 +357,17 @@ class CacheBuilder:
             )
             datasets.DatasetInfo(features=self.features).write_to_directory(str(self._build / split))
         self._close()
-        cache_bytes = sum(path.stat().st_size for path in self._build.rglob("*") if path.is_file())
-        report = make_report(cache_bytes)
+        return sum(path.stat().st_size for path in self._build.rglob("*") if path.is_file())
 
+    def swap_in(self, report: Mapping[str, Any]) -> None:
+        """Swap the closed splits in for the old ones, then write the report last.
+
+        From the moment the old report is removed until the new one is written the folder holds no report,
+        so an interrupted swap is never taken for a complete cache; the rerun rebuilds from the staged
+        shards."""
         root = self._layout.root
         self._layout.report_path.unlink(missing_ok=True)
-        _fsync_directory(root)
+        fsync_directory(root)
         retired = root / ".retired"
         shutil.rmtree(retired, ignore_errors=True)
         retired.mkdir()
@@ -393,13 +375,12 @@ class CacheBuilder:
             if (root / name).exists():
                 os.replace(root / name, retired / name)
             os.replace(self._build / name, root / name)
-        _fsync_directory(root)
+        fsync_directory(root)
         atomic_write_bytes(
             self._layout.report_path, json.dumps(dict(report), indent=2, ensure_ascii=False).encode()
         )
         shutil.rmtree(retired, ignore_errors=True)
         shutil.rmtree(self._build, ignore_errors=True)
-        return report
 
     def _close(self) -> None:
         for writer in self._writers.values():
@@ -433,6 +414,13 @@ class PreparedCache:
     @property
     def fingerprint(self) -> str:
         return self.report["fingerprint"]
+
+
+def clean_rows(rows: datasets.Dataset, limit: int | None = None) -> datasets.Dataset:
+    """The rows of the recorded audio itself (no augmented copy): what is scored. Selected in memory, so
+    that the cache folder is never written to (and DDP processes never race on it)."""
+    clean = np.flatnonzero(np.asarray(rows["augmentation"]) == 0)[:limit]
+    return rows.select(clean, keep_in_memory=True)
 
 
 def open_cache(root: Path, *, model_dir: Path | None = None) -> PreparedCache:

@@ -59,8 +59,8 @@ def exit_without_collecting(code: int) -> NoReturn:
     """End a command whose work is done, without the interpreter's exit-time garbage collections.
 
     At exit Python runs full cycle collections that walk every object still alive, most of them made by
-    the imports (transformers, datasets, the fork server's bookkeeping): 0.4 to 1.3 s on a 2-core machine,
-    a third of a prepare_data.py rerun that finds its cache current. Frozen, the objects are only freed by
+    the imports (transformers, datasets, the fork server's bookkeeping): a large share of a
+    prepare_data.py rerun that finds its cache current. Frozen, the objects are only freed by
     reference counting; the commands close and flush their files before they return. For scripts only:
     a process that goes on (a test run) would never collect what was alive at the freeze."""
     gc.freeze()

@@ -1,0 +1,177 @@
+"""transcribe as a command line: long audio in 30 s windows with timestamps, text/JSON/SRT, local and s3://,
+CTranslate2 and Hugging Face models, base + adapter. The runs of the command are marked e2e; its user
+errors are checked in process."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from itertools import pairwise
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.fixtures.training import train_adapter
+from whisper_pipeline.constants import SAMPLE_RATE
+from whisper_pipeline.inference.transcribe import main
+from whisper_pipeline.testing.synthetic import encode_audio
+
+REPO = Path(__file__).resolve().parents[2]
+SRT_BLOCK = re.compile(r"(\d+)\n(\d\d):(\d\d):(\d\d),(\d{3}) --> (\d\d):(\d\d):(\d\d),(\d{3})\n(\S.*)")
+LONG_S = 36  # seconds of speech and pauses: two 30 s windows
+
+
+def transcribe(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "whisper_pipeline.inference.transcribe", *map(str, args)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=600,
+    )
+
+
+@pytest.fixture(scope="module")
+def long_recording(speech_clips, tmp_path_factory) -> tuple[Path, float]:
+    """The two English sentences in turn, 0.8 s of silence after each, past LONG_S seconds, as a WAV file."""
+    english = [clip.samples for clip in speech_clips if clip.language == "en"]
+    pause = np.zeros(int(0.8 * SAMPLE_RATE), np.float32)
+    pieces: list[np.ndarray] = []
+    while sum(map(len, pieces)) < LONG_S * SAMPLE_RATE:
+        pieces += [english[len(pieces) // 2 % len(english)], pause]
+    samples = np.concatenate(pieces)
+    path = tmp_path_factory.mktemp("long") / "long.wav"
+    path.write_bytes(encode_audio(samples, SAMPLE_RATE, "wav"))
+    return path, len(samples) / SAMPLE_RATE
+
+
+@pytest.fixture(scope="module")
+def ct2_base(whisper_base_dir, tmp_path_factory) -> Path:
+    """whisper-base through `export ctranslate2` with its default weight type (int8 on this CPU)."""
+    output = tmp_path_factory.mktemp("ct2") / "ct2"
+    command = [
+        sys.executable,
+        "-m",
+        "whisper_pipeline.inference.export",
+        "ctranslate2",
+        "--model",
+        str(whisper_base_dir),
+    ]
+    result = subprocess.run([*command, "--output", str(output)], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return output
+
+
+def _check_covers(segments: list[tuple[float, float, str]], duration: float) -> None:
+    """Segments in order, within the audio, from its start to its end: the second window was transcribed."""
+    assert len(segments) >= 6
+    assert segments[0][0] < 1.0 and duration - 3.0 < segments[-1][1] <= duration + 0.5
+    assert all(start <= end for start, end, _ in segments)
+    assert all(earlier[1] <= later[0] + 0.01 for earlier, later in pairwise(segments))
+    text = " ".join(text for _, _, text in segments).lower()
+    assert text.count("brown fox") >= 4 and text.count("call me back") >= 4
+
+
+@pytest.mark.e2e
+def test_ctranslate2_model_transcribes_long_audio_in_windows_with_timestamps(ct2_base, long_recording):
+    path, duration = long_recording
+    result = transcribe(path, "--model", ct2_base, "--language", "en", "--format", "json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    (transcript,) = json.loads(result.stdout)
+    assert transcript["audio"] == str(path) and transcript["language"] == "en"
+    assert transcript["duration"] == pytest.approx(duration, abs=1e-3)
+    segments = [(s["start"], s["end"], s["text"]) for s in transcript["segments"]]
+    _check_covers(segments, duration)
+    assert transcript["text"] == " ".join(text for _, _, text in segments)
+
+
+@pytest.mark.e2e
+def test_hugging_face_model_transcribes_long_audio_from_s3_as_srt(
+    whisper_base_dir, long_recording, s3_bucket, tmp_path
+):
+    path, duration = long_recording
+    uri = s3_bucket.put("audio/long.wav", path.read_bytes())
+    srt = tmp_path / "long.srt"
+    result = transcribe(
+        uri, "--model", whisper_base_dir, "--language", "en", "--format", "srt", "--output", srt,
+        env=s3_bucket.env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    blocks = srt.read_text(encoding="utf-8").strip().split("\n\n")
+    matches = [SRT_BLOCK.fullmatch(block) for block in blocks]
+    assert all(matches), blocks
+    assert [int(match[1]) for match in matches] == list(range(1, len(blocks) + 1))
+
+    def seconds(fields: tuple[str, ...]) -> float:
+        hours, minutes, secs, millis = map(int, fields)
+        return hours * 3600 + minutes * 60 + secs + millis / 1000
+
+    segments = [(seconds(match.groups()[1:5]), seconds(match.groups()[5:9]), match[10]) for match in matches]
+    _check_covers(segments, duration)
+
+
+@pytest.mark.e2e
+def test_base_model_with_an_adapter_transcribes_several_files_as_text(
+    whisper_base_dir, speech_clips, tmp_path
+):
+    """A fresh adapter (B = 0) is enough to run the adapter path; its train_config.yaml gives the language.
+    (whisper-base rather than the tiny random model, whose every window runs to 448 tokens of noise.)"""
+    adapter = train_adapter(whisper_base_dir, tmp_path, steps=0, learning_rate=0.0, language="vi")
+    files = [speech_clips[0].paths["mp3"], speech_clips[1].paths["ogg"], speech_clips[2].paths["flac"]]
+    result = transcribe(*files, "--model", whisper_base_dir, "--adapter", adapter, "--batch-size", "2")
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.rstrip("\n").split("\n")
+    assert [line.split("\t")[0] for line in lines] == [str(path) for path in files]
+    assert all(len(line.split("\t")[1].split()) >= 3 for line in lines)
+
+
+@pytest.mark.e2e
+def test_missing_audio_is_one_line_before_any_model_loads(tiny_model_dir, tmp_path):
+    result = transcribe(tmp_path / "missing.flac", "--model", tiny_model_dir)
+    assert result.returncode == 2
+    assert result.stderr == f"error: cannot read {tmp_path / 'missing.flac'}: no such file\n"
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ("{audio} --model {tmp}/nowhere", "--model {tmp}/nowhere: no such directory"),
+        ("{audio} --model {tmp}", "not a Whisper model directory"),
+        ("--model {model}", "usage"),
+        ("{audio} {audio} --model {model} --format srt", "one file at a time"),
+        ("{audio} --model {model} --language xx", "'xx' is not a language of this model"),
+        ("{audio} --model {model} --task summarize", "--task must be one of"),
+        ("{audio} --model {broken} --adapter {tmp}", "a CTranslate2 export is merged already"),
+        ("{audio} --model {broken}", "cannot load --model {broken}"),
+    ],
+    ids=[
+        "no-model",
+        "not-a-model",
+        "no-audio",
+        "srt-of-several",
+        "language",
+        "task",
+        "ct2-adapter",
+        "broken",
+    ],
+)
+def test_user_errors_end_in_one_line(arguments, message, tiny_model_dir, speech_clips, tmp_path, capsys):
+    broken = tmp_path / "broken-ct2"
+    broken.mkdir()
+    (broken / "model.bin").write_bytes(b"not a CTranslate2 model")
+    shutil.copy(tiny_model_dir / "tokenizer.json", broken)
+    places = {
+        "audio": speech_clips[0].paths["wav"],
+        "model": tiny_model_dir,
+        "tmp": tmp_path,
+        "broken": broken,
+    }
+    assert main(arguments.format(**places).split()) == 2
+    lines = capsys.readouterr().err.splitlines()  # (model loading may draw a progress bar first)
+    assert lines[-1].startswith("error: ") and message.format(**places) in lines[-1]

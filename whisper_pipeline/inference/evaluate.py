@@ -1,0 +1,318 @@
+"""Baseline vs fine-tuned: WER/CER of the base model and of base + adapter on the same utterances.
+
+    python -m whisper_pipeline.inference.evaluate --model ./model --adapter outputs/adapter
+        [--data-dir processed_data --split validation | --annotations heldout.json]
+
+Utterances come from a feature cache (the validation split by default), or from a Label Studio export that
+is prepared first like a training export (same S3 settings, every recording held out, no augmentation) into
+its own cache, so a rerun costs seconds. Writes `evaluation.json`, `evaluation.md` (the table and the worst
+utterances with their word alignment) and `predictions.jsonl` under --output-dir.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jiwer
+import torch
+from tqdm.auto import tqdm
+
+from whisper_pipeline.cache import SOURCE_COLUMNS, SPLITS, PreparedCache, clean_rows, open_cache
+from whisper_pipeline.config import parse_config
+from whisper_pipeline.constants import MAX_TARGET_POSITIONS
+from whisper_pipeline.errors import ConfigError, exit_on_user_error
+from whisper_pipeline.train.batches import CacheRows, feature_batch, model_inputs
+from whisper_pipeline.train.metrics import SCORES, normalize_for_scoring, score, utterance_wers
+from whisper_pipeline.train.modeling import (
+    PRECISIONS,
+    TORCH_DTYPES,
+    load_base_model,
+    load_trained,
+    resolve_precision,
+)
+
+PROMPT_TOKENS = 4  # <|startoftranscript|><|lang|><|task|><|notimestamps|>
+
+
+@dataclass
+class EvaluateArguments:
+    """Settings of `python -m whisper_pipeline.inference.evaluate` (flags, or keys of a YAML/JSON file)."""
+
+    model: str = field(default="./model", metadata={"help": "Base Whisper directory."})
+    adapter: str | None = field(
+        default=None, metadata={"help": "LoRA adapter to compare with the base (omit: the base alone)."}
+    )
+    data_dir: str = field(default="processed_data", metadata={"help": "Feature cache to evaluate on."})
+    split: str = field(default="validation", metadata={"help": "Cache split: validation or train."})
+    annotations: str | None = field(
+        default=None,
+        metadata={
+            "help": "Evaluate on this Label Studio export (local path or s3://) instead of --data-dir: it is "
+            "prepared into --eval-cache-dir first (a no-op when current)."
+        },
+    )
+    eval_cache_dir: str | None = field(
+        default=None, metadata={"help": "Cache for --annotations (default: <output-dir>/cache)."}
+    )
+    local_files_root: str | None = field(
+        default=None, metadata={"help": "As prepare_data.py: root of Label Studio local-files URIs."}
+    )
+    text_from_name: str = field(default="transcription", metadata={"help": "As prepare_data.py."})
+    label_from_name: str = field(default="label", metadata={"help": "As prepare_data.py."})
+    exclude_labels: list[str] = field(default_factory=lambda: ["noise"], metadata={"help": "As prepare."})
+    output_dir: str = field(default="outputs/evaluation", metadata={"help": "Where results are written."})
+    language: str | None = field(default=None, metadata={"help": "Forced language (default: the cache's)."})
+    task: str | None = field(default=None, metadata={"help": "Forced task (default: the cache's)."})
+    batch_size: int = field(default=8, metadata={"help": "Utterances generated at once."})
+    max_new_tokens: int = field(
+        default=MAX_TARGET_POSITIONS - PROMPT_TOKENS,
+        metadata={"help": "Longest generated transcript in tokens (Whisper's limit by default)."},
+    )
+    precision: str = field(
+        default="auto",
+        metadata={"help": "auto (bf16/fp16 on GPU, fp32 on CPU), bf16, fp16 or fp32.", "choices": PRECISIONS},
+    )
+    max_examples: int | None = field(default=None, metadata={"help": "Evaluate only the first N."})
+    worst: int = field(default=10, metadata={"help": "Worst utterances listed with their alignment."})
+
+    def validate(self) -> None:
+        if self.split not in SPLITS:
+            raise ConfigError(f"--split must be one of {', '.join(SPLITS)}, got {self.split!r}")
+        if self.batch_size < 1 or self.max_new_tokens < 1:
+            raise ConfigError("--batch-size and --max-new-tokens must be positive")
+
+
+@dataclass(frozen=True)
+class Utterances:
+    """What is evaluated: the cache rows (features), references, and where each comes from."""
+
+    features: CacheRows
+    references: list[str]
+    sources: list[dict[str, Any]]  # segment_id, audio_uri, start, end
+    language: str
+    task: str
+    description: str
+
+
+def load_utterances(args: EvaluateArguments) -> Utterances:
+    """Clean (not augmented) rows of the chosen split, or of the prepared --annotations export."""
+    if args.annotations:
+        cache, split = _prepare_annotations(args), "validation"
+    else:
+        cache, split = open_cache(Path(args.data_dir), model_dir=Path(args.model)), args.split
+    rows = clean_rows(cache.train if split == "train" else cache.validation, args.max_examples)
+    if not len(rows):
+        raise ConfigError(f"no utterances to evaluate in the {split} split of {cache.root}")
+    settings = cache.report.get("settings", {})
+    language, task = args.language or settings.get("language"), args.task or settings.get("task")
+    if not language or not task:
+        raise ConfigError("the cache report does not say its language/task: pass --language and --task")
+    source = args.annotations or f"{cache.root} ({split})"
+    return Utterances(
+        features=CacheRows(rows),
+        references=list(rows["text"]),
+        sources=rows.select_columns(list(SOURCE_COLUMNS)).to_list(),
+        language=language,
+        task=task,
+        description=f"{len(rows)} utterances of {source}",
+    )
+
+
+def _prepare_annotations(args: EvaluateArguments) -> PreparedCache:
+    """The export through prepare_data.py's own path, every recording in the validation split."""
+    from whisper_pipeline.prepare.run import PrepareArguments, run_prepare
+
+    cache_dir = Path(args.eval_cache_dir or Path(args.output_dir) / "cache")
+    prepare_args = PrepareArguments(
+        annotations=args.annotations,
+        output_dir=str(cache_dir),
+        model=args.model,
+        language=args.language or "vi",
+        task=args.task or "transcribe",
+        val_fraction=1.0,
+        augment_copies=0,
+        text_from_name=args.text_from_name,
+        label_from_name=args.label_from_name,
+        exclude_labels=list(args.exclude_labels),
+        local_files_root=args.local_files_root,
+    )
+    run_prepare(prepare_args)
+    return open_cache(cache_dir, model_dir=Path(args.model))
+
+
+def transcribe_features(
+    model, utterances: Utterances, *, batch_size: int, max_new_tokens: int, tokenizer, label: str
+) -> list[str]:
+    """Greedy generation in the utterances' language and task, batch by batch."""
+    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
+    hypotheses: list[str] = []
+    total = len(utterances.references)
+    with torch.inference_mode():
+        for start in tqdm(range(0, total, batch_size), desc=f"evaluating {label}", unit="batch"):
+            batch = feature_batch(utterances.features.take(range(start, min(start + batch_size, total))))
+            ids = model.generate(
+                **model_inputs(batch, dtype=dtype, device=device),
+                language=utterances.language,
+                task=utterances.task,
+                max_new_tokens=max_new_tokens,
+            )
+            hypotheses += [text.strip() for text in tokenizer.batch_decode(ids, skip_special_tokens=True)]
+    return hypotheses
+
+
+def alignment_text(reference: str, hypothesis: str) -> str:
+    """jiwer's word alignment (REF/HYP/edit marks) on normalised text, for reading what went wrong."""
+    aligned = jiwer.process_words(normalize_for_scoring(reference) or "∅", normalize_for_scoring(hypothesis))
+    return jiwer.visualize_alignment(aligned, show_measures=False).strip()
+
+
+def run_evaluation(args: EvaluateArguments) -> dict[str, Any]:
+    """Score the base and (if given) the adapter on the same utterances; write and return the results."""
+    from transformers import WhisperTokenizerFast
+
+    args.validate()
+    precision = resolve_precision(args.precision)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    utterances = load_utterances(args)
+    tokenizer = WhisperTokenizerFast.from_pretrained(args.model)
+    candidates = {"base": None, **({"adapter": args.adapter} if args.adapter else {})}
+    hypotheses: dict[str, list[str]] = {}
+    for name, adapter in candidates.items():
+        model = (
+            load_trained(Path(args.model), Path(adapter), precision=precision)
+            if adapter
+            else load_base_model(Path(args.model), precision=precision)
+        )
+        model.to(device=device, dtype=TORCH_DTYPES[precision]).eval()
+        hypotheses[name] = transcribe_features(
+            model,
+            utterances,
+            batch_size=args.batch_size,
+            max_new_tokens=args.max_new_tokens,
+            tokenizer=tokenizer,
+            label=name,
+        )
+        del model
+        gc.collect()
+    results = _results(args, utterances, hypotheses, precision)
+    _write(Path(args.output_dir), results, utterances, hypotheses)
+    return results
+
+
+def _results(
+    args: EvaluateArguments, utterances: Utterances, hypotheses: dict[str, list[str]], precision: str
+) -> dict[str, Any]:
+    references = utterances.references
+    scores = {name: score(references, texts) for name, texts in hypotheses.items()}
+    results: dict[str, Any] = {
+        "model": args.model,
+        "adapter": args.adapter,
+        "data": utterances.description,
+        "examples": len(references),
+        "language": utterances.language,
+        "task": utterances.task,
+        "precision": precision,
+        "scores": scores,
+    }
+    if "adapter" in scores and scores["base"]["wer"] > 0:
+        results["relative_wer_reduction"] = 1 - scores["adapter"]["wer"] / scores["base"]["wer"]
+    ranked = "adapter" if "adapter" in hypotheses else "base"
+    per_utterance = utterance_wers(references, hypotheses[ranked])
+    order = sorted(range(len(references)), key=lambda i: -per_utterance[i]["normalized_wer"])
+    results["worst"] = [
+        {
+            **utterances.sources[i],
+            "model": ranked,
+            "reference": references[i],
+            "hypothesis": hypotheses[ranked][i],
+            "normalized_wer": per_utterance[i]["normalized_wer"],
+            "alignment": alignment_text(references[i], hypotheses[ranked][i]),
+        }
+        for i in order[: args.worst]
+    ]
+    return results
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """The Markdown table of scores (percent), one row per model."""
+    lines = [
+        "| model | WER | CER | normalized WER | normalized CER |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, scores in results["scores"].items():
+        cells = " | ".join(f"{100 * scores[key]:.1f}%" for key in SCORES)
+        lines.append(f"| {name} | {cells} |")
+    return "\n".join(lines)
+
+
+def format_markdown(results: dict[str, Any]) -> str:
+    parts = [
+        f"# Evaluation: {results['data']}",
+        "",
+        f"Model `{results['model']}`"
+        + (f", adapter `{results['adapter']}`" if results["adapter"] else "")
+        + f"; language {results['language']}, {results['task']}, {results['precision']}, greedy decoding.",
+        "",
+        format_table(results),
+        "",
+    ]
+    if "relative_wer_reduction" in results:
+        parts += [f"Relative WER reduction: {100 * results['relative_wer_reduction']:.1f}%", ""]
+    parts += [f"## Worst utterances ({results['worst'][0]['model']})" if results["worst"] else "", ""]
+    for item in results["worst"]:
+        parts += [
+            f"- `{item['segment_id']}` {item['audio_uri']} [{item['start']:.2f}-{item['end']:.2f} s], "
+            f"normalized WER {100 * item['normalized_wer']:.0f}%",
+            "",
+            "```",
+            item["alignment"],
+            "```",
+            "",
+        ]
+    return "\n".join(parts)
+
+
+def _write(
+    output_dir: Path, results: dict[str, Any], utterances: Utterances, hypotheses: dict[str, list[str]]
+) -> None:
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "evaluation.json").write_text(
+        json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
+    (output_dir / "evaluation.md").write_text(format_markdown(results), encoding="utf-8")
+    per_model = {name: utterance_wers(utterances.references, texts) for name, texts in hypotheses.items()}
+    with open(output_dir / "predictions.jsonl", "w", encoding="utf-8") as handle:
+        for i, reference in enumerate(utterances.references):
+            record = {**utterances.sources[i], "reference": reference}
+            for name, texts in hypotheses.items():
+                record[name] = {"hypothesis": texts[i], **per_model[name][i]}
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def format_summary(results: dict[str, Any], output_dir: str) -> str:
+    lines = [f"evaluation of {results['data']}", format_table(results)]
+    if "relative_wer_reduction" in results:
+        lines.append(f"relative WER reduction: {100 * results['relative_wer_reduction']:.1f}%")
+    lines.append(f"details: {Path(output_dir) / 'evaluation.md'}, {Path(output_dir) / 'evaluation.json'}")
+    return "\n".join(lines)
+
+
+@exit_on_user_error
+def main(argv: Sequence[str] | None = None) -> int:
+    from whisper_pipeline.prepare.sources import load_env_file
+
+    load_env_file()
+    (args,) = parse_config((EvaluateArguments,), sys.argv[1:] if argv is None else argv)
+    results = run_evaluation(args)
+    print(format_summary(results, args.output_dir))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,347 @@
+"""Transcribe audio with a merged Whisper, base + adapter, or a CTranslate2 export (faster-whisper).
+
+    python -m whisper_pipeline.inference.transcribe AUDIO... --model outputs/merged|outputs/ct2
+        [--adapter DIR] [--language vi] [--format text|json|srt] [--output FILE]
+
+AUDIO: local files or s3:// URIs (S3 settings from the environment or .env), in any format the pipeline
+decodes. --model is a CTranslate2 directory (model.bin: run by faster-whisper) or a Hugging Face one
+(config.json + safetensors: run by transformers, with --adapter applied if given).
+
+Audio longer than 30 s is transcribed the way OpenAI's Whisper does it, in both runtimes: window after window
+of 30 s, each starting where the last complete segment of the previous one ended, every segment with its
+timestamps (transformers' own long-form generate, not the ASR pipeline's overlapping chunks, which it calls
+experimental for Whisper). Decoding is deterministic: greedy by default (--beam-size for beam search),
+temperature 0 without fallback, no conditioning on the previous window, no voice-activity filter or
+no-speech skipping, so both runtimes decode alike; their transcripts still differ where the CTranslate2 export
+is quantized, or where faster-whisper's zero-padded log-mel of a short last window tips a near-tie.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from whisper_pipeline.config import parse_config
+from whisper_pipeline.constants import N_FRAMES, SAMPLE_RATE
+from whisper_pipeline.errors import ConfigError, ModelError, PipelineError, exit_on_user_error
+from whisper_pipeline.prepare.audio import AudioDecodeError, decode_audio
+from whisper_pipeline.prepare.sources import (
+    AudioRef,
+    AudioSourceError,
+    S3Settings,
+    load_env_file,
+    make_s3_client,
+    read_bytes,
+    resolve_audio_uri,
+    stat,
+)
+from whisper_pipeline.train.modeling import (
+    PRECISIONS,
+    TORCH_DTYPES,
+    configure_generation,
+    load_base_model,
+    load_trained,
+    resolve_precision,
+)
+from whisper_pipeline.train.outputs import trained_language_and_task
+
+FORMATS = ("text", "json", "srt")
+TASKS = ("transcribe", "translate")
+USAGE = "usage: python -m whisper_pipeline.inference.transcribe AUDIO... --model DIR [--flags]"
+
+
+@dataclass
+class TranscribeArguments:
+    """Settings of `python -m whisper_pipeline.inference.transcribe` (the audio first, before any flag)."""
+
+    model: str = field(
+        default="outputs/merged", metadata={"help": "Merged or base Whisper, or a CTranslate2 export."}
+    )
+    adapter: str | None = field(default=None, metadata={"help": "LoRA adapter on a Hugging Face --model."})
+    language: str | None = field(
+        default=None,
+        metadata={
+            "help": "Language code (default: the one the model/adapter was trained for, else detected)."
+        },
+    )
+    task: str = field(default="transcribe", metadata={"help": "transcribe or translate."})
+    format: str = field(default="text", metadata={"help": "text, json or srt.", "choices": list(FORMATS)})
+    output: str | None = field(default=None, metadata={"help": "Write here instead of standard output."})
+    beam_size: int = field(default=1, metadata={"help": "1: greedy decoding."})
+    batch_size: int = field(default=8, metadata={"help": "Files decoded at once (Hugging Face models)."})
+    precision: str = field(
+        default="auto",
+        metadata={
+            "help": "Hugging Face models: auto (bf16/fp16 on GPU, fp32 on CPU), bf16, fp16, fp32.",
+            "choices": PRECISIONS,
+        },
+    )
+    local_files_root: str | None = field(
+        default=None, metadata={"help": "Root of Label Studio /data/local-files/ paths."}
+    )
+
+    def validate(self) -> None:
+        if self.format not in FORMATS:
+            raise ConfigError(f"--format must be one of {', '.join(FORMATS)}")
+        if self.task not in TASKS:
+            raise ConfigError(f"--task must be one of {', '.join(TASKS)}")
+        if self.beam_size < 1 or self.batch_size < 1:
+            raise ConfigError("--beam-size and --batch-size must be positive")
+
+
+@dataclass(frozen=True)
+class Segment:
+    start: float
+    end: float
+    text: str
+
+
+@dataclass(frozen=True)
+class Transcript:
+    audio: str
+    duration: float
+    language: (
+        str | None
+    )  # forced or detected; None where the runtime does not say (detection in transformers)
+    text: str
+    segments: list[Segment]
+
+
+Transcriber = Callable[[list[tuple[str, np.ndarray]]], list[Transcript]]
+
+
+def is_ctranslate2(model_dir: Path) -> bool:
+    return (model_dir / "model.bin").is_file()
+
+
+def exported_language(model_dir: Path, adapter_dir: Path | None) -> str | None:
+    """The language the model was made for: the adapter's training, else the generation config's (a merged
+    model's; `export ctranslate2` copies it beside model.bin)."""
+    if adapter_dir is not None:
+        return trained_language_and_task(adapter_dir)[0]
+    try:
+        return json.loads((model_dir / "generation_config.json").read_text(encoding="utf-8")).get("language")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def resolve_inputs(
+    uris: Sequence[str], local_files_root: Path | None
+) -> tuple[list[AudioRef], object | None]:
+    """Every input located and checked before any model loads: a missing one is a one-line error."""
+    client = None
+    refs = []
+    for uri in uris:
+        relative_path = "://" not in uri and not uri.startswith("/")
+        try:
+            ref = resolve_audio_uri(
+                os.path.abspath(uri) if relative_path else uri,
+                default_bucket=None,
+                local_files_root=local_files_root,
+            )
+            if ref.kind == "s3" and client is None:
+                client = make_s3_client(S3Settings.from_env(os.environ))
+            stat(ref, client)
+        except AudioSourceError as error:
+            raise PipelineError(f"cannot read {error}") from None
+        refs.append(ref)
+    return refs, client
+
+
+def read_audio(uris: Sequence[str], refs: Sequence[AudioRef], client) -> Iterator[tuple[str, np.ndarray]]:
+    """Decoded one at a time: many long recordings never sit in memory together."""
+    for uri, ref in zip(uris, refs, strict=True):
+        try:
+            yield uri, decode_audio(read_bytes(ref, client), name=uri)
+        except (AudioSourceError, AudioDecodeError) as error:
+            raise PipelineError(f"cannot read {error}") from None
+
+
+# faster-whisper decoding as transformers' `generate` does it by default: one pass at temperature 0, no
+# fallback, no conditioning on the previous window's text, no VAD or no-speech skipping.
+FASTER_WHISPER_DECODING = {
+    "best_of": 1,
+    "temperature": 0.0,
+    "condition_on_previous_text": False,
+    "vad_filter": False,
+    "compression_ratio_threshold": None,
+    "log_prob_threshold": None,
+    "no_speech_threshold": None,
+}
+
+
+def ctranslate2_transcriber(model_dir: Path, args: TranscribeArguments, language: str | None) -> Transcriber:
+    """faster-whisper: the GPU when CTranslate2 sees one, the export's own weight type (converted on CPU)."""
+    from faster_whisper import WhisperModel
+
+    if not (model_dir / "tokenizer.json").is_file():
+        raise ModelError(f"--model {model_dir} has no tokenizer.json (export it with `export ctranslate2`)")
+    try:
+        model = WhisperModel(str(model_dir), device="auto", cpu_threads=len(os.sched_getaffinity(0)))
+    except (RuntimeError, ValueError, OSError) as error:
+        raise ModelError(f"cannot load --model {model_dir}: {_first_line(error)}") from None
+    if language is not None and language not in model.supported_languages:
+        raise ConfigError(f"--language {language!r} is not a language of this model")
+
+    def transcribe(batch: list[tuple[str, np.ndarray]]) -> list[Transcript]:
+        transcripts = []
+        for uri, samples in batch:
+            options = {"language": language, "task": args.task, "beam_size": args.beam_size}
+            segments, info = model.transcribe(samples, **options, **FASTER_WHISPER_DECODING)
+            found = [Segment(s.start, s.end, s.text) for s in segments]
+            transcripts.append(_transcript(uri, samples, info.language, found))
+        return transcripts
+
+    return transcribe
+
+
+def transformers_transcriber(model_dir: Path, args: TranscribeArguments, language: str | None) -> Transcriber:
+    """transformers' own long-form Whisper generation: the files of a batch decoded together, each with its
+    attention mask, short ones padded to one 30 s window."""
+    from transformers import WhisperFeatureExtractor, WhisperTokenizerFast
+
+    precision = resolve_precision(args.precision)
+    adapter_dir = Path(args.adapter) if args.adapter else None
+    model = (
+        load_trained(model_dir, adapter_dir, precision=precision, merge=True)
+        if adapter_dir
+        else load_base_model(model_dir, precision=precision)
+    )
+    if language:  # checks the code against the model's languages, a one-line error otherwise
+        configure_generation(model, language=language, task=args.task)
+    device, dtype = "cuda" if torch.cuda.is_available() else "cpu", TORCH_DTYPES[precision]
+    model.to(device=device, dtype=dtype).eval()
+    processor_dir = adapter_dir if adapter_dir and (adapter_dir / "tokenizer.json").is_file() else model_dir
+    feature_extractor = WhisperFeatureExtractor.from_pretrained(str(processor_dir))
+    tokenizer = WhisperTokenizerFast.from_pretrained(str(processor_dir))
+
+    def transcribe(batch: list[tuple[str, np.ndarray]]) -> list[Transcript]:
+        audio = [samples for _, samples in batch]
+        features = feature_extractor(
+            audio,
+            sampling_rate=SAMPLE_RATE,
+            truncation=False,
+            padding="longest",
+            return_attention_mask=True,
+            return_tensors="pt",
+        )
+        if features.input_features.shape[-1] < N_FRAMES:  # all short: one padded window each
+            features = feature_extractor(
+                audio, sampling_rate=SAMPLE_RATE, return_attention_mask=True, return_tensors="pt"
+            )
+        with torch.inference_mode():
+            generated = model.generate(
+                features.input_features.to(device=device, dtype=dtype),
+                attention_mask=features.attention_mask.to(device),
+                task=args.task,
+                num_beams=args.beam_size,
+                return_timestamps=True,
+                return_segments=True,
+            )
+        return [
+            _transcript(
+                uri,
+                samples,
+                language,
+                [
+                    Segment(
+                        float(s["start"]),
+                        float(s["end"]),
+                        tokenizer.decode(s["tokens"], skip_special_tokens=True),
+                    )
+                    for s in segments
+                ],
+            )
+            for (uri, samples), segments in zip(batch, generated["segments"], strict=True)
+        ]
+
+    return transcribe
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _transcript(uri: str, samples: np.ndarray, language: str | None, segments: list[Segment]) -> Transcript:
+    kept = [Segment(round(s.start, 2), round(s.end, 2), s.text.strip()) for s in segments if s.text.strip()]
+    text = " ".join(segment.text for segment in kept)
+    return Transcript(uri, round(len(samples) / SAMPLE_RATE, 3), language, text, kept)
+
+
+def _srt_time(seconds: float) -> str:
+    milliseconds = round(seconds * 1000)
+    hours, rest = divmod(milliseconds, 3_600_000)
+    minutes, rest = divmod(rest, 60_000)
+    return f"{hours:02d}:{minutes:02d}:{rest // 1000:02d},{rest % 1000:03d}"
+
+
+def render(transcripts: list[Transcript], fmt: str) -> str:
+    """text: the transcript (one `audio<TAB>text` line per file when several); json: everything; srt: the
+    segments of one file as numbered subtitles."""
+    if fmt == "json":
+        return json.dumps([asdict(t) for t in transcripts], ensure_ascii=False, indent=2) + "\n"
+    if fmt == "srt":
+        (transcript,) = transcripts
+        return "\n".join(
+            f"{index}\n{_srt_time(s.start)} --> {_srt_time(max(s.end, s.start))}\n{s.text}\n"
+            for index, s in enumerate(transcript.segments, start=1)
+        )
+    if len(transcripts) == 1:
+        return transcripts[0].text + "\n"
+    return "".join(f"{t.audio}\t{t.text}\n" for t in transcripts)
+
+
+def run(uris: Sequence[str], args: TranscribeArguments) -> list[Transcript]:
+    """Check the inputs, load the model, then transcribe batch by batch."""
+    args.validate()
+    if args.format == "srt" and len(uris) > 1:
+        raise ConfigError("--format srt holds the subtitles of one recording: transcribe one file at a time")
+    model_dir = Path(args.model)
+    if not model_dir.is_dir():
+        raise ModelError(f"--model {model_dir}: no such directory")
+    if is_ctranslate2(model_dir) and args.adapter:
+        raise ConfigError("--adapter needs a Hugging Face --model: a CTranslate2 export is merged already")
+    root = Path(args.local_files_root) if args.local_files_root else None
+    refs, client = resolve_inputs(uris, root)
+    language = args.language or exported_language(model_dir, Path(args.adapter) if args.adapter else None)
+    make = ctranslate2_transcriber if is_ctranslate2(model_dir) else transformers_transcriber
+    transcribe = make(model_dir, args, language)
+    transcripts: list[Transcript] = []
+    audio = read_audio(uris, refs, client)
+    with tqdm(total=len(uris), desc="transcribing", unit="file", disable=len(uris) < 2) as progress:
+        while batch := list(islice(audio, args.batch_size)):
+            transcripts += transcribe(batch)
+            progress.update(len(batch))
+    return transcripts
+
+
+@exit_on_user_error
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    split = next((i for i, arg in enumerate(argv) if arg.startswith("-")), len(argv))
+    uris, flags = argv[:split], argv[split:]
+    if not uris and "--help" not in flags and "-h" not in flags:
+        raise ConfigError(USAGE)
+    load_env_file()
+    (args,) = parse_config((TranscribeArguments,), flags)
+    text = render(run(uris, args), args.format)
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

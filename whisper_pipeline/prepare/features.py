@@ -1,0 +1,229 @@
+"""Whisper's log-mel input stored compactly and restored exactly, and the token labels that go with it.
+
+Whisper always sees 30 s: audio is zero-padded to 480,000 samples before its log-mel. Every frame past the
+audio sees only that padding and takes one value, so the cache keeps the audio's frames (float16, 16 KB per
+audio-second) and that value; `pad_features` rebuilds the 80 x 3000 input the feature extractor would give.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from whisper_pipeline.constants import (
+    HOP_LENGTH,
+    LOG_MEL_DYNAMIC_RANGE,
+    LOG_MEL_FLOOR,
+    N_FFT,
+    N_FRAMES,
+    N_SAMPLES,
+    SAMPLE_RATE,
+)
+from whisper_pipeline.errors import ConfigError, ModelError
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+
+PREPROCESSOR_CONFIG = "preprocessor_config.json"
+
+
+@dataclass(frozen=True)
+class CompactFeatures:
+    """The log-mel frames that hold audio, time-major (only the first dimension varies between rows), and
+    the value every later frame of the 30 s input takes."""
+
+    frames: np.ndarray  # float16 [num_frames, n_mels]
+    pad_value: float  # a float32 value
+
+
+class LogMelFeaturizer:
+    """WhisperFeatureExtractor's log-mel, computed only over the frames the audio reaches, with numpy.
+
+    The extractor's steps: periodic Hann window, centred STFT with reflect padding, power, the extractor's
+    own mel filters, log10 of at least LOG_MEL_FLOOR, clamp to the maximum minus LOG_MEL_DYNAMIC_RANGE,
+    then (x + 4) / 4, in float32. Frame i covers samples [i*160 - 200, i*160 + 200) of the zero-padded
+    input, so frames from ceil((len + 200) / 160) on see only zeros; their log-mel is
+    log10(LOG_MEL_FLOOR), never above the audio's maximum, so the clamp is the same as over 30 s.
+    A 2 s clip costs an STFT of 2 s instead of 30 s.
+
+    numpy and scipy.fft, not torch: the feature workers then start without importing torch (seconds and
+    hundreds of MB each). Another FFT library rounds differently in the last float32 bit: the values stay
+    within 1e-5 of the extractor's (its own numpy and torch paths differ by as much), far below the float16
+    step the cache stores them in.
+    """
+
+    def __init__(self, mel_filters: np.ndarray) -> None:
+        """`mel_filters`: the extractor's [n_freqs, n_mels] matrix (see `from_pretrained`)."""
+        self._mel_filters = np.asarray(mel_filters, dtype=np.float32)
+        if self._mel_filters.shape[0] != N_FFT // 2 + 1:
+            raise ValueError(
+                f"expected mel filters of {N_FFT // 2 + 1} frequencies, got {self._mel_filters.shape}"
+            )
+        self._window = np.hanning(N_FFT + 1)[:-1].astype(np.float32)  # periodic, as torch.hann_window
+        self._silent_log_mel = np.log10(np.float32(LOG_MEL_FLOOR))
+
+    @property
+    def mel_filters(self) -> np.ndarray:
+        """float32 [n_freqs, n_mels]."""
+        return self._mel_filters
+
+    @property
+    def n_mels(self) -> int:
+        return self._mel_filters.shape[1]
+
+    @classmethod
+    def from_pretrained(cls, model_dir: Path) -> LogMelFeaturizer:
+        """The log-mel of the model directory's WhisperFeatureExtractor, without loading that class: its
+        module imports torch, which the main process of prepare_data.py does not otherwise need. The settings
+        come from its preprocessor_config.json, the mel filters are built as its constructor builds them.
+        Refuses another geometry or dithering, which would make it another log-mel."""
+        from transformers.audio_utils import mel_filter_bank
+
+        path = Path(model_dir) / PREPROCESSOR_CONFIG
+        try:
+            config = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise ModelError(f"cannot read the feature extractor settings {path}: {error}") from None
+        if not isinstance(config, dict):
+            raise ModelError(f"{path}: expected a JSON object")
+        sampling_rate = config.get("sampling_rate", SAMPLE_RATE)
+        n_fft = config.get("n_fft", N_FFT)
+        hop_length = config.get("hop_length", HOP_LENGTH)
+        n_samples = config.get("chunk_length", N_SAMPLES // SAMPLE_RATE) * sampling_rate
+        geometry = (sampling_rate, n_fft, hop_length, n_samples)
+        if geometry != (SAMPLE_RATE, N_FFT, HOP_LENGTH, N_SAMPLES):
+            raise ModelError(
+                f"{path}: the feature extractor's (sampling rate, n_fft, hop, samples) are "
+                f"{geometry}, not Whisper's {(SAMPLE_RATE, N_FFT, HOP_LENGTH, N_SAMPLES)}"
+            )
+        if config.get("dither", 0.0):
+            raise ModelError(
+                f"{path}: the feature extractor dithers, the cached features would not be reproducible"
+            )
+        feature_size = config.get("feature_size", 80)
+        if not isinstance(feature_size, int) or feature_size <= 0:
+            raise ModelError(f"{path}: feature_size must be a positive integer, got {feature_size!r}")
+        return cls(
+            mel_filter_bank(
+                num_frequency_bins=1 + N_FFT // 2,
+                num_mel_filters=feature_size,
+                min_frequency=0.0,
+                max_frequency=8000.0,
+                sampling_rate=SAMPLE_RATE,
+                norm="slaney",
+                mel_scale="slaney",
+            )
+        )
+
+    def log_mel(self, samples: np.ndarray) -> tuple[np.ndarray, np.float32]:
+        """16 kHz mono samples (at most 30 s) -> float32 [num_frames, n_mels] of the frames that hold audio,
+        and the value of every later frame."""
+        if samples.ndim != 1 or len(samples) > N_SAMPLES:
+            raise ValueError(f"expected mono audio of at most {N_SAMPLES} samples, got shape {samples.shape}")
+        half = N_FFT // 2
+        num_frames = min(N_FRAMES, math.ceil((len(samples) + half) / HOP_LENGTH))
+        reach = (num_frames - 1) * HOP_LENGTH + half  # samples of the padded input the last frame reaches
+        padded = np.zeros(min(reach, N_SAMPLES), dtype=np.float32)
+        padded[: len(samples)] = samples
+        # the STFT's own centring: reflect at the start, and at the end only when the audio fills 30 s
+        padded = np.pad(padded, (half, max(0, reach - N_SAMPLES)), mode="reflect")
+        frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[::HOP_LENGTH]
+        from scipy import fft  # slow to import: the main process of prepare_data.py only builds this
+
+        spectrum = fft.rfft(frames * self._window, axis=-1, overwrite_x=True)
+        power = np.square(spectrum.real) + np.square(spectrum.imag)
+        log_mel = np.log10(np.maximum(power @ self._mel_filters, np.float32(LOG_MEL_FLOOR)))
+        floor = log_mel.max() - np.float32(LOG_MEL_DYNAMIC_RANGE)
+        frames_out = (np.maximum(log_mel, floor) + np.float32(4.0)) / np.float32(4.0)
+        pad_value = (np.maximum(self._silent_log_mel, floor) + np.float32(4.0)) / np.float32(4.0)
+        return frames_out, pad_value
+
+    def compute(self, samples: np.ndarray) -> CompactFeatures:
+        """16 kHz mono samples (at most 30 s; segment longer audio first) -> the frames that hold audio."""
+        frames, pad_value = self.log_mel(samples)
+        return CompactFeatures(frames=frames.astype(np.float16), pad_value=float(pad_value))
+
+
+def pad_features(frames: ArrayLike, pad_value: float, n_frames: int = N_FRAMES) -> np.ndarray:
+    """Cached time-major frames -> the model's input: float32 [n_mels, n_frames], padded with pad_value."""
+    frames = np.asarray(frames)
+    if frames.ndim != 2 or len(frames) > n_frames:
+        raise ValueError(f"expected at most {n_frames} frames of shape [frames, mels], got {frames.shape}")
+    padded = np.full((frames.shape[1], n_frames), pad_value, dtype=np.float32)
+    padded[:, : len(frames)] = frames.T
+    return padded
+
+
+class LabelEncoder:
+    """Transcript -> decoder labels: <|startoftranscript|><|lang|><|task|><|notimestamps|> text <|endoftext|>.
+
+    The ids WhisperTokenizerFast gives with these prefix tokens (the tests compare them), from the
+    `tokenizers` library it wraps: the wrapper's import and load would delay the first recording of
+    prepare_data.py. Does not cut long labels: the caller compares the length
+    with MAX_TARGET_POSITIONS and splits or skips the window. Text arrives NFC-normalised.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, language: str, task: str) -> None:
+        """`tokenizer`: the model's tokenizer.json (or WhisperTokenizerFast's `backend_tokenizer`)."""
+        if task not in ("transcribe", "translate"):
+            raise ConfigError(f"unsupported task {task!r}: Whisper's are transcribe and translate")
+        self._tokenizer = tokenizer
+        self._prefix = [
+            self._special_id("<|startoftranscript|>"),
+            self._special_id(f"<|{_language_code(tokenizer, language)}|>"),
+            self._special_id(f"<|{task}|>"),
+            self._special_id("<|notimestamps|>"),
+        ]
+        self._eos = self._special_id("<|endoftext|>")
+
+    @classmethod
+    def from_pretrained(cls, model_dir: Path, language: str, task: str) -> LabelEncoder:
+        """The model directory's tokenizer.json; a directory with only the slow tokenizer's files (vocab.json,
+        merges.txt) goes through transformers, which converts them."""
+        path = Path(model_dir) / "tokenizer.json"
+        if path.is_file():
+            from tokenizers import Tokenizer
+
+            return cls(Tokenizer.from_file(str(path)), language, task)
+        from transformers import WhisperTokenizerFast
+
+        return cls(WhisperTokenizerFast.from_pretrained(str(model_dir)).backend_tokenizer, language, task)
+
+    def _special_id(self, token: str) -> int:
+        token_id = self._tokenizer.token_to_id(token)
+        if token_id is None:
+            raise ModelError(f"the tokenizer has no {token} token: not a multilingual Whisper tokenizer")
+        return token_id
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids with the prefix and eos around the text."""
+        return [*self._prefix, *self._tokenizer.encode(text, add_special_tokens=False).ids, self._eos]
+
+
+def _language_code(tokenizer: Tokenizer, language: str) -> str:
+    """A Whisper language code from a code or an English name (vi, Vietnamese), as WhisperTokenizer reads
+    it. Whisper's special tokens list the language tokens between <|startoftranscript|> and <|translate|>;
+    names are looked up in transformers' table only when given (importing it is slow)."""
+
+    def is_language(code: str) -> bool:
+        token_id = tokenizer.token_to_id(f"<|{code}|>")
+        first, last = tokenizer.token_to_id("<|startoftranscript|>"), tokenizer.token_to_id("<|translate|>")
+        return None not in (token_id, first, last) and first < token_id < last
+
+    code = language.lower()
+    if not is_language(code):
+        from transformers.models.whisper.tokenization_whisper import TO_LANGUAGE_CODE
+
+        code = TO_LANGUAGE_CODE.get(code, code)
+    if not is_language(code):
+        raise ConfigError(
+            f"unsupported language {language!r}: give a Whisper language code (vi) or its English name"
+            " (vietnamese)"
+        )
+    return code

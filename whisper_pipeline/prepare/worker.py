@@ -1,0 +1,147 @@
+"""The feature workers of prepare_data.py: one recording's bytes -> its shard (its rows, in Arrow).
+
+A module of its own so that a worker process imports only what it runs (decoding, augmentation, the
+log-mel, pyarrow for the shard): no torch, transformers, datasets or S3 client. That keeps the workers'
+start-up (their imports happen once, in the fork server of fork_server.py) and their memory small.
+The main process reads the feature extractor's settings and hands them over; a worker writes each shard
+itself and returns what the main process records.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from whisper_pipeline.cache import ShardStore, encode_shard
+from whisper_pipeline.constants import CHUNK_SECONDS, SAMPLE_RATE
+from whisper_pipeline.prepare.annotations import Skip
+from whisper_pipeline.prepare.audio import AudioDecodeError, cut, decode_audio
+from whisper_pipeline.prepare.augment import AugmentationSettings, augment, augmentation_seed
+from whisper_pipeline.prepare.features import LogMelFeaturizer
+from whisper_pipeline.prepare.windows import Window
+
+
+@dataclass(frozen=True)
+class RecordingWork:
+    """Everything a worker needs for one recording (picklable; no clients, no locks)."""
+
+    key: str
+    audio_uri: str
+    split: str
+    windows: tuple[Window, ...]
+    copies: int
+
+
+@dataclass(frozen=True)
+class RecordingOutcome:
+    """What a worker made of one recording."""
+
+    rows: int  # written to the shard store (none when 0)
+    windows: int  # windows with at least one row
+    augmented_rows: int
+    skips: list[Skip]
+    audio_seconds: float  # clean window seconds that made it into the cache
+    failed: bool  # the recording as a whole could not be used
+
+
+_state: dict[str, Any] = {}
+
+
+@dataclass(frozen=True)
+class WorkerSetup:
+    """What every recording's work shares (picklable: handed to each worker process once)."""
+
+    featurizer: LogMelFeaturizer  # built by the main process from the model's settings
+    augmentation: AugmentationSettings
+    seed: int
+    shards: Path  # the ShardStore directory
+
+
+def init_worker(setup: WorkerSetup) -> None:
+    """Per worker process: one BLAS thread, the shared settings, the shard store."""
+    limit_threads()
+    _state.update(setup=setup, store=ShardStore(setup.shards))
+
+
+def process_recording(work: RecordingWork, data: bytes) -> RecordingOutcome:
+    """Decode once, then cut, augment and featurize every window of the recording; write its rows."""
+    try:
+        samples = decode_audio(data, name=work.audio_uri)
+    except AudioDecodeError as error:
+        skip = Skip(error.reason, work.windows[0].task_id, work.audio_uri, str(error))
+        return RecordingOutcome(0, 0, 0, [skip], 0.0, failed=True)
+    rows, skips, seconds = recording_rows(work, samples)
+    if rows:
+        _state["store"].write_rows(work.key, encode_shard(rows))
+    return RecordingOutcome(
+        rows=len(rows),
+        windows=len({row["segment_id"] for row in rows}),
+        augmented_rows=sum(1 for row in rows if row["augmentation"]),
+        skips=skips,
+        audio_seconds=seconds,
+        failed=not rows,
+    )
+
+
+def recording_rows(
+    work: RecordingWork, samples: np.ndarray
+) -> tuple[list[dict[str, Any]], list[Skip], float]:
+    """The cache rows of a decoded recording (each window, then its augmented copies), the windows that
+    could not be used, and the clean audio-seconds of those that could."""
+    setup: WorkerSetup = _state["setup"]
+    rows: list[dict[str, Any]] = []
+    skips: list[Skip] = []
+    seconds = 0.0
+    for window in work.windows:
+        try:
+            clean = cut(samples, window.start, window.end)
+        except AudioDecodeError as error:
+            skips.append(Skip(error.reason, window.task_id, work.audio_uri, f"{window.window_id}: {error}"))
+            continue
+        seconds += len(clean) / SAMPLE_RATE
+        for copy_index in range(work.copies + 1):
+            variant = clean
+            if copy_index:
+                seed = augmentation_seed(setup.seed, window.window_id, copy_index)
+                variant = augment(clean, setup.augmentation, seed)
+                if len(variant) > CHUNK_SECONDS * SAMPLE_RATE:
+                    skips.append(Skip("augmented_over_30s", window.task_id, work.audio_uri, window.window_id))
+                    continue
+            features = setup.featurizer.compute(variant)
+            rows.append(
+                {
+                    "input_features": features.frames,
+                    "pad_value": features.pad_value,
+                    "labels": list(window.labels),
+                    "text": window.text,
+                    "audio_uri": work.audio_uri,
+                    "task_id": window.task_id,
+                    "segment_id": window.window_id,
+                    "start": window.start,
+                    "end": window.end,
+                    "augmentation": copy_index,
+                    "recording_key": work.key,
+                }
+            )
+    return rows, skips, seconds
+
+
+def limit_threads() -> None:
+    """Call first in each worker process: one BLAS/OpenMP/torch thread per process.
+
+    The pool already runs one process per core; threads inside each would oversubscribe the cores and
+    halve throughput. The environment variables cover libraries loaded after this call (torch included:
+    it reads OMP_NUM_THREADS when imported); torch is not imported here, the feature workers never need it.
+    """
+    for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[variable] = "1"
+    from threadpoolctl import threadpool_limits
+
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
+    threadpool_limits(limits=1)
