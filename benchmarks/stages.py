@@ -73,11 +73,15 @@ def profile_sample(export: Path, corpus: Path, args: PrepareArguments, shards: P
     with CacheBuilder(layout, LogMelFeaturizer.from_pretrained(Path(args.model)).n_mels) as cache:
         for index, task in enumerate(tasks):
             windows, _ = profiler.runcall(
-                pack_windows, task, encoder.encode, max_seconds=args.max_window_seconds
+                pack_windows,
+                task,
+                encoder,
+                max_seconds=args.max_window_seconds,
+                no_speech=args.noise_examples,
             )
             split, key = splits[task.audio_uri], f"{os.getpid()}_{index}"
             copies = args.augment_copies if split == TRAIN else 0
-            work = RecordingWork(key, task.audio_uri, split, tuple(windows), copies)
+            work = RecordingWork(key, task.audio_uri, split, tuple(windows), copies, encoder.timestamp_ids)
             data = (corpus / task.audio_uri.split("/", 3)[3]).read_bytes()
             outcome = profiler.runcall(process_recording, work, data)
             recordings[key] = profiler.runcall(store.commit, key, recording_meta(work, outcome)).meta

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, RandomSampler
 from torch.utils.flop_counter import FlopCounterMode
-from transformers import WhisperConfig
+from transformers import WhisperTokenizerFast
 
 from benchmarks.prepare import CORES, LANGUAGE, SEED, build_corpus, publish, serve_corpus, write_export
 from benchmarks.readme import goals_table, table
@@ -36,7 +36,7 @@ from whisper_pipeline.demo.pretrained import ensure_pretrained
 from whisper_pipeline.prepare.run import PrepareArguments, run_prepare
 from whisper_pipeline.train import run as training
 from whisper_pipeline.train.batches import BackgroundBatches, CacheRows, model_inputs
-from whisper_pipeline.train.trainer import BACKGROUND_STEPS, WhisperDataCollator
+from whisper_pipeline.train.trainer import BACKGROUND_STEPS, DecoderTokens, WhisperDataCollator
 
 # NVIDIA H100 datasheet, H100 SXM: BF16 Tensor Core 1,979 TFLOPS with sparsity, half of it dense; 3.35 TB/s.
 H100_BF16_DENSE_FLOPS, H100_MEMORY_BYTES_PER_S = 989.4e12, 3.35e12
@@ -203,7 +203,11 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     ensure_pretrained(model)
     cache = open_cache(build_cache(workdir, model, args.recordings), model_dir=model)
     train = CacheRows(cache.train)  # as train.py's _splits gives it
-    collator = WhisperDataCollator(WhisperConfig.from_pretrained(model).decoder_start_token_id)
+    collator = WhisperDataCollator(  # as train_model.py makes it, with its defaults
+        DecoderTokens.from_tokenizer(WhisperTokenizerFast.from_pretrained(model)),
+        timestamp_probability=training.DEFAULT_TIMESTAMP_PROBABILITY,
+        prompt_probability=training.DEFAULT_PROMPT_PROBABILITY,
+    )
     batch, workers = args.batch_size, min(LOADER_WORKERS, CORES)
     load = partial(_loader, train, collator, batch)
     print(f"loader throughput on {len(train)} training rows ...", flush=True)

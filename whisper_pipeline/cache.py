@@ -43,7 +43,7 @@ from whisper_pipeline.errors import CacheError
 if TYPE_CHECKING:
     import datasets
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: timestamped labels, no-speech windows, previous_tokens
 TRAIN = "train"
 VALIDATION = "validation"
 SPLITS = (TRAIN, VALIDATION)
@@ -72,6 +72,7 @@ SHARD_SCHEMA = pa.schema(
         ("input_features", pa.list_(pa.list_(pa.float16()))),
         ("pad_value", pa.float32()),
         ("labels", pa.list_(pa.int32())),
+        ("previous_tokens", pa.list_(pa.int32())),
         ("text", pa.string()),
         ("audio_uri", pa.string()),
         ("task_id", pa.string()),
@@ -416,11 +417,13 @@ class PreparedCache:
         return self.report["fingerprint"]
 
 
-def clean_rows(rows: datasets.Dataset, limit: int | None = None) -> datasets.Dataset:
-    """The rows of the recorded audio itself (no augmented copy): what is scored. Selected in memory, so
-    that the cache folder is never written to (and DDP processes never race on it)."""
-    clean = np.flatnonzero(np.asarray(rows["augmentation"]) == 0)[:limit]
-    return rows.select(clean, keep_in_memory=True)
+def clean_rows(rows: datasets.Dataset, limit: int | None = None, *, speech: bool = True) -> datasets.Dataset:
+    """The rows of the recorded audio itself (no augmented copy) that hold speech: what WER scores; with
+    `speech=False`, those of the no-speech windows instead (noise alone: what must stay untranscribed).
+    Selected in memory, so that the cache folder is never written to (and DDP processes never race on it)."""
+    has_text = np.array([bool(text) for text in rows["text"]], dtype=bool)
+    chosen = np.flatnonzero((np.asarray(rows["augmentation"]) == 0) & (has_text == speech))[:limit]
+    return rows.select(chosen, keep_in_memory=True)
 
 
 def open_cache(root: Path, *, model_dir: Path | None = None) -> PreparedCache:

@@ -25,6 +25,8 @@ def demo_run(tiny_model_dir, tmp_path_factory):
         sys.executable, "-m", "whisper_pipeline.demo.run", "--tiny", "--model", str(tiny_model_dir),
         "--workdir", str(workdir), "--recordings", "8", "--heldout-sentences", "3",
         f"--train-flags={TRAIN_FLAGS}", "--eval-max-new-tokens", "16",
+        # one long recording within one window: the long-form path, without a random model's many windows
+        "--long-recordings", "1", "--long-seconds", "15",
     ]  # fmt: skip
     first = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
@@ -45,7 +47,18 @@ def test_demo_runs_the_whole_loop_and_reports_where_everything_is(demo_run):
     assert summary["corpus"]["heldout_sentences"] == 3
     assert "demo summary" in first.stdout and str(outputs / "adapter") in first.stdout
     evaluation = json.loads((outputs / "evaluation" / "evaluation.json").read_text())
-    assert evaluation["examples"] == 3 and (outputs / "evaluation" / "evaluation.md").is_file()
+    # the three clips and the long recording (one window); noise-only clips are not scored short-form
+    assert evaluation["examples"] == 4 and (outputs / "evaluation" / "evaluation.md").is_file()
+    assert set(summary["long_form"]) == {"base", "adapter", "ctranslate2"}
+    assert all(
+        scores["recordings"] == 1 and scores["noise_recordings"] == 3
+        for scores in summary["long_form"].values()
+    )
+    assert "short_form" in summary["long_form"]["ctranslate2"]
+    assert (
+        set(summary["novel"]) == {"base", "adapter"} and summary["corpus"]["novel_unseen_word_share"] >= 0.25
+    )
+    assert "whole recordings (long-form" in first.stdout and "subtitles" in first.stdout
     assert (outputs / "merged" / "model.safetensors").is_file() and (outputs / "ct2" / "model.bin").is_file()
     assert [set(item) for item in summary["transcripts"]] == [
         {"audio", "reference", "merged", "ctranslate2"}
@@ -57,6 +70,7 @@ def test_heldout_sentences_never_occur_in_training(demo_run):
     workdir, _, _ = demo_run
     train = json.loads((workdir / "corpus" / "train_export.json").read_text())
     heldout = json.loads((workdir / "corpus" / "heldout_export.json").read_text())
+    novel = json.loads((workdir / "corpus" / "novel_export.json").read_text())
 
     def texts(export):
         return {
@@ -67,6 +81,7 @@ def test_heldout_sentences_never_occur_in_training(demo_run):
         }
 
     assert texts(heldout) and not texts(heldout) & texts(train)
+    assert texts(novel) and not texts(novel) & texts(train)
 
 
 def test_second_demo_run_reuses_the_corpus_and_the_cache(demo_run):

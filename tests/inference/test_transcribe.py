@@ -117,6 +117,30 @@ def test_hugging_face_model_transcribes_long_audio_from_s3_as_srt(
 
 
 @pytest.mark.e2e
+def test_subtitles_of_several_files_go_one_per_input_and_never_end_past_the_audio(
+    ct2_base, long_recording, speech_clips, tmp_path
+):
+    """A short clip's last segment ends where its window would (30 s, or the end of the speech rounded up):
+    written, it ends within the file. VTT with faster-whisper's VAD; words with their own times in JSON."""
+    path, _ = long_recording
+    short = speech_clips[2].paths["flac"]
+    stems = [path.stem, short.stem]
+    for fmt, extra in (("srt", []), ("vtt", ["--vad-filter"]), ("json", ["--word-timestamps"])):
+        out = tmp_path / fmt
+        result = transcribe(path, short, "--model", ct2_base, "--language", "en", "--format", fmt,
+                            "--output-dir", out, *extra)  # fmt: skip
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert sorted(file.name for file in out.iterdir()) == sorted(f"{stem}.{fmt}" for stem in stems)
+    transcripts = [json.loads((tmp_path / "json" / f"{stem}.json").read_text())[0] for stem in stems]
+    for transcript in transcripts:
+        assert all(0 <= s["start"] <= s["end"] <= transcript["duration"] for s in transcript["segments"])
+        words = [word for segment in transcript["segments"] for word in segment["words"]]
+        assert words and all(w["start"] <= w["end"] for w in words)
+    vtt = (tmp_path / "vtt" / f"{short.stem}.vtt").read_text(encoding="utf-8")
+    assert vtt.startswith("WEBVTT\n\n1\n00:00:0") and " --> " in vtt and "," not in vtt.split("\n")[3]
+
+
+@pytest.mark.e2e
 def test_base_model_with_an_adapter_transcribes_several_files_as_text(
     whisper_base_dir, speech_clips, tmp_path
 ):
@@ -144,7 +168,9 @@ def test_missing_audio_is_one_line_before_any_model_loads(tiny_model_dir, tmp_pa
         ("{audio} --model {tmp}/nowhere", "--model {tmp}/nowhere: no such directory"),
         ("{audio} --model {tmp}", "not a Whisper model directory"),
         ("--model {model}", "usage"),
-        ("{audio} {audio} --model {model} --format srt", "one file at a time"),
+        ("{audio} {audio} --model {model} --format srt", "give --output-dir DIR for a file per input"),
+        ("{audio} --model {model} --vad-filter", "faster-whisper's: give a CTranslate2 --model"),
+        ("{audio} --model {model} --output a.txt --output-dir b", "not both"),
         ("{audio} --model {model} --language xx", "'xx' is not a language of this model"),
         ("{audio} --model {model} --task summarize", "--task must be one of"),
         ("{audio} --model {broken} --adapter {tmp}", "a CTranslate2 export is merged already"),
@@ -155,6 +181,8 @@ def test_missing_audio_is_one_line_before_any_model_loads(tiny_model_dir, tmp_pa
         "not-a-model",
         "no-audio",
         "srt-of-several",
+        "vad-on-transformers",
+        "output-and-output-dir",
         "language",
         "task",
         "ct2-adapter",

@@ -109,6 +109,14 @@ def test_empty_text_is_untranscribed_and_a_task_without_speech_is_skipped():
     assert parsed.regions_by_kind["untranscribed"] == 1
 
 
+def test_a_task_of_noise_alone_is_kept_for_no_speech_examples():
+    export = LabelStudioExport()
+    export.add_task("s3://b/a.flac", [Utterance("", 0.5, 3.0, "noise")])
+    parsed = _parse(export)
+    assert [[region.kind for region in task.regions] for task in parsed.tasks] == [[RegionKind.EXCLUDED]]
+    assert [s.reason for s in parsed.skips] == ["excluded_label"]
+
+
 @pytest.mark.parametrize("start, end", [(3.0, 1.0), (-1.0, 2.0), (float("nan"), 2.0), ("x", 2.0), (1.0, 1.0)])
 def test_invalid_region_times_are_counted_skips(start, end):
     export = LabelStudioExport()

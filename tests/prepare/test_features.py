@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import math
 import shutil
 import subprocess
@@ -169,25 +170,53 @@ def test_pad_features_refuses_more_frames_than_the_input_holds():
         pad_features(np.zeros((N_FRAMES + 1, 80), dtype=np.float16), -1.5)
 
 
-def test_labels_are_prefix_text_and_eos(tokenizer, tiny_model_dir):
-    ids = LabelEncoder.from_pretrained(tiny_model_dir, "vi", "transcribe").encode(SENTENCE)
-    assert tokenizer.convert_ids_to_tokens(ids[:4]) == [
-        "<|startoftranscript|>",
-        "<|vi|>",
-        "<|transcribe|>",
-        "<|notimestamps|>",
+def test_labels_are_prefix_timestamped_segments_and_eos(tokenizer, tiny_model_dir):
+    encoder = LabelEncoder.from_pretrained(tiny_model_dir, "vi", "transcribe")
+    ids = encoder.labels([(0.0, 1.5, encoder.text_tokens(SENTENCE)), (2.04, 3.0, encoder.text_tokens("hai"))])
+    tokens = tokenizer.convert_ids_to_tokens(ids)
+    assert tokens[:4] == ["<|startoftranscript|>", "<|vi|>", "<|transcribe|>", "<|0.00|>"]
+    assert tokens[-5:-3] == ["<|1.50|>", "<|2.04|>"] and tokens[-2:] == ["<|3.00|>", "<|endoftext|>"]
+    assert tokenizer.decode(ids, skip_special_tokens=True) == f" {SENTENCE} hai"
+    assert len(ids) == encoder.label_length(
+        [len(encoder.text_tokens(SENTENCE)), len(encoder.text_tokens("hai"))]
+    )
+
+
+def test_timestamps_are_looked_up_by_their_text_and_clamped_to_the_window(tokenizer, tiny_model_dir):
+    encoder = LabelEncoder.from_pretrained(tiny_model_dir, "vi", "transcribe")
+    assert len(encoder.timestamp_ids) == 1501
+    assert tokenizer.convert_ids_to_tokens([encoder.timestamp_ids[0], encoder.timestamp_ids[-1]]) == [
+        "<|0.00|>",
+        "<|30.00|>",
     ]
-    assert ids[-1] == tokenizer.convert_tokens_to_ids("<|endoftext|>")
-    assert tokenizer.decode(ids, skip_special_tokens=True) == SENTENCE
+    assert tokenizer.convert_ids_to_tokens(encoder.timestamp(12.345)) == "<|12.34|>"
+    assert (
+        encoder.timestamp(30.5) == encoder.timestamp_ids[-1]
+        and encoder.timestamp(-0.1) == encoder.timestamp_ids[0]
+    )
+
+
+def test_no_speech_target_is_the_tokenizers_own_no_speech_token(tokenizer, tiny_model_dir):
+    """whisper-base's vocabulary names it <|nocaptions|>; Whisper v3's <|nospeech|>."""
+    encoder = LabelEncoder.from_pretrained(tiny_model_dir, "vi", "transcribe")
+    assert tokenizer.convert_ids_to_tokens(encoder.no_speech_labels()) == [
+        "<|startoftranscript|>",
+        "<|nocaptions|>",
+        "<|endoftext|>",
+    ]
 
 
 @pytest.fixture(scope="module")
 def slow_tokenizer_files_only(tiny_model_dir, tmp_path_factory) -> Path:
-    """The tiny model's tokenizer as vocab.json + merges.txt, no tokenizer.json (an older save)."""
+    """The tiny model's tokenizer as vocab.json + merges.txt + added_tokens.json (the special and
+    timestamp tokens), no tokenizer.json: an older save, as OpenAI's Hugging Face repositories hold."""
     directory = tmp_path_factory.mktemp("slow-tokenizer")
     for name in ("tokenizer_config.json", "preprocessor_config.json"):
         shutil.copy(tiny_model_dir / name, directory / name)
-    Tokenizer.from_file(str(tiny_model_dir / "tokenizer.json")).model.save(str(directory))
+    tokenizer = Tokenizer.from_file(str(tiny_model_dir / "tokenizer.json"))
+    tokenizer.model.save(str(directory))
+    added = {token.content: token_id for token_id, token in tokenizer.get_added_tokens_decoder().items()}
+    (directory / "added_tokens.json").write_text(json.dumps(added), encoding="utf-8")
     return directory
 
 
@@ -196,19 +225,25 @@ def slow_tokenizer_files_only(tiny_model_dir, tmp_path_factory) -> Path:
 def test_labels_are_those_of_whisper_tokenizer_fast(
     tiny_model_dir, slow_tokenizer_files_only, files, language, task
 ):
+    """The prefix WhisperTokenizerFast gives when it predicts timestamps, and its ids of each segment's
+    text with the leading space Whisper writes."""
     reference = WhisperTokenizerFast.from_pretrained(tiny_model_dir)
-    reference.set_prefix_tokens(language=language, task=task, predict_timestamps=False)
+    reference.set_prefix_tokens(language=language, task=task, predict_timestamps=True)
     model_dir = tiny_model_dir if files == "tokenizer.json" else slow_tokenizer_files_only
     encoder = LabelEncoder.from_pretrained(model_dir, language, task)
+    assert encoder.labels([]) == reference("").input_ids
     texts = [SENTENCE, " a leading space", "", "số 123 <|en|> và  hai  dấu cách", "Ờ, ừm... Việt Nam!"]
     for text in texts:
-        assert encoder.encode(text) == reference(text).input_ids
+        assert list(encoder.text_tokens(text)) == reference(f" {text}", add_special_tokens=False).input_ids
 
 
 def test_language_names_and_codes_give_the_same_labels(tiny_model_dir):
-    by_code = LabelEncoder.from_pretrained(tiny_model_dir, "vi", "transcribe").encode(SENTENCE)
+    def labels(language: str) -> list[int]:
+        encoder = LabelEncoder.from_pretrained(tiny_model_dir, language, "transcribe")
+        return encoder.labels([(0.0, 1.0, encoder.text_tokens(SENTENCE))])
+
     for name in ("vietnamese", "Vietnamese", "VI"):
-        assert LabelEncoder.from_pretrained(tiny_model_dir, name, "transcribe").encode(SENTENCE) == by_code
+        assert labels(name) == labels("vi")
 
 
 @pytest.mark.parametrize(
@@ -227,6 +262,6 @@ def test_unknown_language_or_task_is_a_config_error(tiny_model_dir, language, ta
 
 def test_long_labels_are_returned_whole_for_the_caller_to_split(tokenizer, tiny_model_dir):
     encoder = LabelEncoder.from_pretrained(tiny_model_dir, "vi", "transcribe")
-    ids = encoder.encode(" ".join([SENTENCE] * 40))
+    ids = encoder.labels([(0.0, 30.0, encoder.text_tokens(" ".join([SENTENCE] * 40)))])
     assert len(ids) > MAX_TARGET_POSITIONS
     assert ids[-1] == tokenizer.eos_token_id

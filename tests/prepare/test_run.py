@@ -10,7 +10,7 @@ import shutil
 import subprocess
 import threading
 import unicodedata
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import datasets
@@ -21,6 +21,7 @@ from transformers import WhisperFeatureExtractor, WhisperTokenizerFast
 from tests.fixtures.cache import cache_digest, prepare_arguments, prepare_command
 from tests.fixtures.processes import kill_in_phase
 from whisper_pipeline.cache import exclusive_lock, open_cache
+from whisper_pipeline.constants import TIME_PRECISION
 from whisper_pipeline.errors import CacheError
 from whisper_pipeline.prepare import run as prepare
 from whisper_pipeline.prepare.audio import cut, decode_audio
@@ -58,9 +59,13 @@ def test_cache_layout_columns_and_kept_texts(prepared_cache, staged_corpus):
         for row in dataset.select_columns(["audio_uri", "text", "augmentation", "segment_id"]):
             if row["augmentation"] == 0:
                 texts_by_uri.setdefault(row["audio_uri"], []).append(row["text"])
-    assert {uri: " ".join(texts) for uri, texts in texts_by_uri.items()} == {
+    # every transcript kept, in order; no-speech windows (noise alone) add an empty text
+    assert {uri: " ".join(text for text in texts if text) for uri, texts in texts_by_uri.items()} == {
         uri: " ".join(texts) for uri, texts in staged_corpus.texts.items()
     }
+    report = json.loads((prepared_cache / "prepare_report.json").read_text())
+    no_speech = sum(1 for dataset in splits.values() for text in dataset["text"] if not text)
+    assert no_speech and sum(report["no_speech_examples"].values()) == no_speech
     # Grouped by recording: no audio in both splits; only training rows are augmented.
     uris = {split: set(dataset["audio_uri"]) for split, dataset in splits.items()}
     assert uris["train"] and uris["validation"] and not uris["train"] & uris["validation"]
@@ -72,7 +77,6 @@ def test_cache_layout_columns_and_kept_texts(prepared_cache, staged_corpus):
         assert [set(batch.column("audio_uri").to_pylist()) for batch in batches] == [
             {uri} for uri in dict.fromkeys(dataset["audio_uri"])
         ]
-    report = json.loads((prepared_cache / "prepare_report.json").read_text())
     assert report["recordings"]["total"] == len(staged_corpus.texts) and report["recordings"]["failed"] == 0
     assert report["skips"]["by_reason"] == {"excluded_label": 1}
     assert report["examples"]["train"] == len(splits["train"]) == 2 * report["windows"]["train"]
@@ -87,7 +91,7 @@ def test_reloaded_padded_features_equal_the_feature_extractor_on_padded_audio(
     cache = open_cache(prepared_cache, model_dir=tiny_model_dir)
     sources = {f"clips/{clip.name}.flac": clip.paths["flac"] for clip in speech_clips}
     sources[f"calls/{multi_utterance_recording.path.name}"] = multi_utterance_recording.path
-    checked = 0
+    checked = set()
     for dataset in (cache.train, cache.validation):
         for row in dataset.with_format("numpy"):
             key = row["audio_uri"].split("/", 3)[3]
@@ -98,19 +102,27 @@ def test_reloaded_padded_features_equal_the_feature_extractor_on_padded_audio(
             padded = pad_features(row["input_features"], float(row["pad_value"]))
             assert padded.shape == expected.shape == (80, 3000)
             assert np.abs(padded - expected).max() <= 1e-3
-            checked += 1
-    assert checked == len(sources)
+            checked.add(key)
+    assert checked == set(sources)
 
 
-def test_labels_carry_the_prefix_and_decode_back_to_the_text(prepared_cache, tiny_model_dir):
+def test_labels_carry_the_prefix_and_timestamps_and_decode_back_to_the_text(prepared_cache, tiny_model_dir):
     tokenizer = WhisperTokenizerFast.from_pretrained(str(tiny_model_dir))
     prefix = tokenizer.convert_tokens_to_ids(
-        ["<|startoftranscript|>", "<|vi|>", "<|transcribe|>", "<|notimestamps|>"]
+        ["<|startoftranscript|>", "<|vi|>", "<|transcribe|>", "<|0.00|>"]
     )
+    no_speech = tokenizer.convert_tokens_to_ids(["<|startoftranscript|>", "<|nocaptions|>", "<|endoftext|>"])
     cache = open_cache(prepared_cache)
-    for row in cache.validation.select_columns(["labels", "text"]):
+    for row in cache.validation.select_columns(["labels", "text", "start", "end"]):
+        if not row["text"]:
+            assert row["labels"] == no_speech
+            continue
         assert row["labels"][:4] == prefix and row["labels"][-1] == tokenizer.eos_token_id
-        assert tokenizer.decode(row["labels"], skip_special_tokens=True) == row["text"]
+        # the last segment ends where the window does: the nearest step of the 0.02 s grid (float sums of
+        # the region times may land a hair past the half step)
+        last = float(tokenizer.convert_ids_to_tokens(row["labels"][-2]).strip("<|>"))
+        assert abs(last - (row["end"] - row["start"])) <= TIME_PRECISION / 2 + 1e-9
+        assert tokenizer.decode(row["labels"], skip_special_tokens=True).strip() == row["text"]
         assert unicodedata.is_normalized("NFC", row["text"])
 
 
@@ -276,6 +288,9 @@ def _edge_case_corpus(server, bucket: str, model_dir: Path) -> tuple[LabelStudio
     export.add_task(uri, regions)
     expected[uri] = [one]
 
+    uri, regions = upload("only_noise.flac", [Part(say[two] * 0.0 + 0.01, label=NOISE)])
+    export.add_task(uri, regions)  # a no-speech example, or a counted skip with --no-noise-examples
+
     long_parts = [Part(say[text], text) for text in [one, two, three] * 8]
     uri, regions = upload("long.flac", long_parts)
     export.add_task(uri, regions)
@@ -305,11 +320,17 @@ def test_export_cases_keep_exact_texts_and_count_every_skip(s3_tls_server, tiny_
     report = run_prepare(args, AugmentationSettings(), environ=env).report
     assert report["skips"]["by_reason"] == {
         "empty_text": 1,
-        "excluded_label": 1,
+        "excluded_label": 2,
         "missing_object": 1,
         "only_cancelled_annotations": 1,
         "only_predictions": 1,
     }
+    # both noise regions are no-speech examples: the one beside speech, and the recording of noise alone
+    assert report["no_speech_examples"] == {"train": 2, "validation": 0}
+    no_noise = replace(args, output_dir=str(tmp_path / "no-noise"), noise_examples=False)
+    quiet = run_prepare(no_noise, AugmentationSettings(), environ=env).report
+    assert quiet["no_speech_examples"] == {"train": 0, "validation": 0}
+    assert quiet["skips"]["by_reason"]["no_transcribed_speech"] == 1
     items = {(item["reason"], item["audio_uri"]) for item in report["skips"]["items"]}
     assert ("missing_object", f"s3://{bucket}/missing.flac") in items
     cache = open_cache(tmp_path / "cache")
@@ -317,7 +338,8 @@ def test_export_cases_keep_exact_texts_and_count_every_skip(s3_tls_server, tiny_
     kept: dict[str, list[str]] = {}
     for row in rows:
         assert row["end"] - row["start"] <= 30.0
-        kept.setdefault(row["audio_uri"], []).append(row["text"])
+        if row["text"]:  # no-speech windows (the noise alone) have none
+            kept.setdefault(row["audio_uri"], []).append(row["text"])
     assert {uri: " ".join(texts) for uri, texts in kept.items()} == {
         uri: " ".join(texts) for uri, texts in expected.items()
     }

@@ -13,6 +13,7 @@ import pyarrow as pa
 import pytest
 
 from whisper_pipeline.cache import ShardStore
+from whisper_pipeline.constants import N_TIMESTAMPS, TIME_PRECISION
 from whisper_pipeline.prepare.audio import cut, decode_audio
 from whisper_pipeline.prepare.augment import AugmentationSettings, augment, augmentation_seed
 from whisper_pipeline.prepare.features import LogMelFeaturizer
@@ -22,6 +23,7 @@ from whisper_pipeline.prepare.worker import RecordingWork, WorkerSetup, init_wor
 ROOT = Path(__file__).resolve().parents[2]
 SEED = 42
 HEAVY_MODULES = ("torch", "transformers", "datasets", "boto3", "botocore")
+TIMESTAMP_IDS = tuple(range(50364, 50364 + N_TIMESTAMPS))  # whisper-base's <|0.00|> ... <|30.00|>
 
 
 @pytest.fixture(scope="module")
@@ -42,10 +44,25 @@ def shard_rows(setup: WorkerSetup, key: str) -> list[dict]:
 @pytest.fixture
 def recording_work(multi_utterance_recording) -> RecordingWork:
     windows = tuple(
-        Window(f"call-{i}", "7", "s3://bucket/call.flac", u.start, u.end, u.text, (50258, 50278, i, 50257))
+        Window(
+            f"call-{i}",
+            "7",
+            "s3://bucket/call.flac",
+            u.start,
+            u.end,
+            u.text,
+            (50258, 50278, 50359, TIMESTAMP_IDS[0], 1000 + i, TIMESTAMP_IDS[_step(u.end - u.start)], 50257),
+            previous_tokens=tuple(range(2000, 2000 + i)),
+        )
         for i, u in enumerate(multi_utterance_recording.utterances)
     )
-    return RecordingWork(key="k", audio_uri="s3://bucket/call.flac", split="train", windows=windows, copies=1)
+    return RecordingWork(
+        "k", "s3://bucket/call.flac", "train", windows, copies=1, timestamp_ids=TIMESTAMP_IDS
+    )
+
+
+def _step(seconds: float) -> int:
+    return round(seconds / TIME_PRECISION)
 
 
 def test_rows_are_each_window_and_its_augmented_copy(
@@ -69,18 +86,23 @@ def test_rows_are_each_window_and_its_augmented_copy(
     for window, (clean_row, augmented_row) in zip(
         recording_work.windows, zip(rows[::2], rows[1::2], strict=True), strict=True
     ):
-        clean = featurizer.compute(cut(samples, window.start, window.end))
-        variant = featurizer.compute(
-            augment(
-                cut(samples, window.start, window.end),
-                AugmentationSettings(),
-                augmentation_seed(SEED, window.window_id, 1),
-            )
+        clean_audio = cut(samples, window.start, window.end)
+        augmented_audio = augment(
+            clean_audio, AugmentationSettings(), augmentation_seed(SEED, window.window_id, 1)
         )
+        clean, variant = featurizer.compute(clean_audio), featurizer.compute(augmented_audio)
         for row, features in ((clean_row, clean), (augmented_row, variant)):
             assert np.array(row["input_features"], dtype=np.float16).tobytes() == features.frames.tobytes()
             assert row["pad_value"] == pytest.approx(features.pad_value)
-        assert clean_row["labels"] == augmented_row["labels"] == list(window.labels)
+            assert row["previous_tokens"] == list(window.previous_tokens)
+        assert clean_row["labels"] == list(window.labels)
+        # a time-stretched copy's segment ends where its speech now ends; its text is unchanged
+        stretched_end = round(_step(window.duration) * len(augmented_audio) / len(clean_audio))
+        assert augmented_row["labels"] == [
+            *window.labels[:5],
+            TIMESTAMP_IDS[stretched_end],
+            window.labels[-1],
+        ]
         assert clean_row["recording_key"] == recording_work.key
     assert outcome.audio_seconds == pytest.approx(sum(w.duration for w in recording_work.windows), abs=1e-3)
 

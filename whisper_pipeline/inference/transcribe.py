@@ -24,7 +24,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from itertools import islice
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
@@ -54,7 +54,8 @@ from whisper_pipeline.train.modeling import (
 )
 from whisper_pipeline.train.outputs import trained_language_and_task
 
-FORMATS = ("text", "json", "srt")
+FORMATS = ("text", "json", "srt", "vtt")
+EXTENSIONS = {"text": "txt", "json": "json", "srt": "srt", "vtt": "vtt"}
 TASKS = ("transcribe", "translate")
 USAGE = "usage: python -m whisper_pipeline.inference.transcribe AUDIO... --model DIR [--flags]"
 
@@ -74,9 +75,29 @@ class TranscribeArguments:
         },
     )
     task: str = field(default="transcribe", metadata={"help": "transcribe or translate."})
-    format: str = field(default="text", metadata={"help": "text, json or srt.", "choices": list(FORMATS)})
+    format: str = field(
+        default="text", metadata={"help": "text, json, srt or vtt (subtitles).", "choices": list(FORMATS)}
+    )
     output: str | None = field(default=None, metadata={"help": "Write here instead of standard output."})
+    output_dir: str | None = field(
+        default=None,
+        metadata={"help": "Write one file per input here, named after it (call.mp3 -> call.srt)."},
+    )
+    initial_prompt: str | None = field(
+        default=None, metadata={"help": "Text the first window is conditioned on (names, spellings)."}
+    )
+    vad_filter: bool = field(
+        default=False,
+        metadata={"help": "faster-whisper: skip stretches without speech (Silero VAD) before decoding."},
+    )
+    word_timestamps: bool = field(
+        default=False, metadata={"help": "faster-whisper: each word's start and end (in --format json)."}
+    )
     beam_size: int = field(default=1, metadata={"help": "1: greedy decoding."})
+    max_new_tokens: int | None = field(
+        default=None,
+        metadata={"help": "Longest text of one 30 s window in tokens (default: Whisper's limit)."},
+    )
     batch_size: int = field(default=8, metadata={"help": "Files decoded at once (Hugging Face models)."})
     precision: str = field(
         default="auto",
@@ -96,6 +117,15 @@ class TranscribeArguments:
             raise ConfigError(f"--task must be one of {', '.join(TASKS)}")
         if self.beam_size < 1 or self.batch_size < 1:
             raise ConfigError("--beam-size and --batch-size must be positive")
+        if self.output and self.output_dir:
+            raise ConfigError("give --output (one file) or --output-dir (a file per input), not both")
+
+
+@dataclass(frozen=True)
+class Word:
+    start: float
+    end: float
+    word: str
 
 
 @dataclass(frozen=True)
@@ -103,6 +133,7 @@ class Segment:
     start: float
     end: float
     text: str
+    words: list[Word] | None = None  # with --word-timestamps
 
 
 @dataclass(frozen=True)
@@ -195,9 +226,25 @@ def ctranslate2_transcriber(model_dir: Path, args: TranscribeArguments, language
     def transcribe(batch: list[tuple[str, np.ndarray]]) -> list[Transcript]:
         transcripts = []
         for uri, samples in batch:
-            options = {"language": language, "task": args.task, "beam_size": args.beam_size}
-            segments, info = model.transcribe(samples, **options, **FASTER_WHISPER_DECODING)
-            found = [Segment(s.start, s.end, s.text) for s in segments]
+            options = {
+                "language": language,
+                "task": args.task,
+                "beam_size": args.beam_size,
+                "initial_prompt": args.initial_prompt,
+                "word_timestamps": args.word_timestamps,
+                "max_new_tokens": args.max_new_tokens,
+            }
+            decoding = {**FASTER_WHISPER_DECODING, "vad_filter": args.vad_filter}
+            segments, info = model.transcribe(samples, **options, **decoding)
+            found = [
+                Segment(
+                    s.start,
+                    s.end,
+                    s.text,
+                    [Word(w.start, w.end, w.word) for w in s.words] if s.words is not None else None,
+                )
+                for s in segments
+            ]
             transcripts.append(_transcript(uri, samples, info.language, found))
         return transcripts
 
@@ -223,6 +270,11 @@ def transformers_transcriber(model_dir: Path, args: TranscribeArguments, languag
     processor_dir = adapter_dir if adapter_dir and (adapter_dir / "tokenizer.json").is_file() else model_dir
     feature_extractor = WhisperFeatureExtractor.from_pretrained(str(processor_dir))
     tokenizer = WhisperTokenizerFast.from_pretrained(str(processor_dir))
+    prompt = (
+        {"prompt_ids": torch.from_numpy(tokenizer.get_prompt_ids(args.initial_prompt, return_tensors="np"))}
+        if args.initial_prompt
+        else {}
+    )
 
     def transcribe(batch: list[tuple[str, np.ndarray]]) -> list[Transcript]:
         audio = [samples for _, samples in batch]
@@ -246,6 +298,8 @@ def transformers_transcriber(model_dir: Path, args: TranscribeArguments, languag
                 num_beams=args.beam_size,
                 return_timestamps=True,
                 return_segments=True,
+                **prompt,
+                **({"max_new_tokens": args.max_new_tokens} if args.max_new_tokens else {}),
             )
         return [
             _transcript(
@@ -273,29 +327,43 @@ def _first_line(error: BaseException) -> str:
 
 
 def _transcript(uri: str, samples: np.ndarray, language: str | None, segments: list[Segment]) -> Transcript:
-    kept = [Segment(round(s.start, 2), round(s.end, 2), s.text.strip()) for s in segments if s.text.strip()]
+    """Segments with text, their times within the recording: a model's last timestamp may name the end of
+    its 30 s window, past the end of a shorter file."""
+    duration = round(len(samples) / SAMPLE_RATE, 3)
+
+    def within(seconds: float) -> float:
+        return round(min(max(seconds, 0.0), duration), 2)
+
+    kept = [
+        Segment(within(s.start), within(max(s.end, s.start)), s.text.strip(), s.words)
+        for s in segments
+        if s.text.strip()
+    ]
     text = " ".join(segment.text for segment in kept)
-    return Transcript(uri, round(len(samples) / SAMPLE_RATE, 3), language, text, kept)
+    return Transcript(uri, duration, language, text, kept)
 
 
-def _srt_time(seconds: float) -> str:
+def _subtitle_time(seconds: float, separator: str) -> str:
     milliseconds = round(seconds * 1000)
     hours, rest = divmod(milliseconds, 3_600_000)
     minutes, rest = divmod(rest, 60_000)
-    return f"{hours:02d}:{minutes:02d}:{rest // 1000:02d},{rest % 1000:03d}"
+    return f"{hours:02d}:{minutes:02d}:{rest // 1000:02d}{separator}{rest % 1000:03d}"
 
 
 def render(transcripts: list[Transcript], fmt: str) -> str:
-    """text: the transcript (one `audio<TAB>text` line per file when several); json: everything; srt: the
-    segments of one file as numbered subtitles."""
+    """text: the transcript (one `audio<TAB>text` line per file when several); json: everything; srt and
+    vtt: the segments of one file as subtitles."""
     if fmt == "json":
         return json.dumps([asdict(t) for t in transcripts], ensure_ascii=False, indent=2) + "\n"
-    if fmt == "srt":
+    if fmt in ("srt", "vtt"):
         (transcript,) = transcripts
-        return "\n".join(
-            f"{index}\n{_srt_time(s.start)} --> {_srt_time(max(s.end, s.start))}\n{s.text}\n"
+        separator = "," if fmt == "srt" else "."
+        cues = [
+            f"{index}\n{_subtitle_time(s.start, separator)} --> {_subtitle_time(s.end, separator)}\n"
+            f"{s.text}\n"
             for index, s in enumerate(transcript.segments, start=1)
-        )
+        ]
+        return "\n".join(cues) if fmt == "srt" else "WEBVTT\n\n" + "\n".join(cues)
     if len(transcripts) == 1:
         return transcripts[0].text + "\n"
     return "".join(f"{t.audio}\t{t.text}\n" for t in transcripts)
@@ -304,13 +372,20 @@ def render(transcripts: list[Transcript], fmt: str) -> str:
 def run(uris: Sequence[str], args: TranscribeArguments) -> list[Transcript]:
     """Check the inputs, load the model, then transcribe batch by batch."""
     args.validate()
-    if args.format == "srt" and len(uris) > 1:
-        raise ConfigError("--format srt holds the subtitles of one recording: transcribe one file at a time")
+    if args.format in ("srt", "vtt") and len(uris) > 1 and not args.output_dir:
+        raise ConfigError(
+            f"--format {args.format} holds the subtitles of one recording: give --output-dir DIR for a file "
+            "per input"
+        )
     model_dir = Path(args.model)
     if not model_dir.is_dir():
         raise ModelError(f"--model {model_dir}: no such directory")
     if is_ctranslate2(model_dir) and args.adapter:
         raise ConfigError("--adapter needs a Hugging Face --model: a CTranslate2 export is merged already")
+    if not is_ctranslate2(model_dir) and (args.vad_filter or args.word_timestamps):
+        raise ConfigError(
+            "--vad-filter and --word-timestamps are faster-whisper's: give a CTranslate2 --model"
+        )
     root = Path(args.local_files_root) if args.local_files_root else None
     refs, client = resolve_inputs(uris, root)
     language = args.language or exported_language(model_dir, Path(args.adapter) if args.adapter else None)
@@ -334,13 +409,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise ConfigError(USAGE)
     load_env_file()
     (args,) = parse_config((TranscribeArguments,), flags)
-    text = render(run(uris, args), args.format)
+    paths = _output_paths(uris, args) if args.output_dir else []  # refused before any work
+    transcripts = run(uris, args)
+    if args.output_dir:
+        for path, transcript in zip(paths, transcripts, strict=True):
+            path.write_text(render([transcript], args.format), encoding="utf-8")
+        return 0
+    text = render(transcripts, args.format)
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(text, encoding="utf-8")
     else:
         sys.stdout.write(text)
     return 0
+
+
+def _output_paths(uris: Sequence[str], args: TranscribeArguments) -> list[Path]:
+    """<output-dir>/<input's name>.<format's extension>; two inputs of one name are refused."""
+    directory = Path(args.output_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    names = [f"{PurePosixPath(uri.split('?', 1)[0]).stem}.{EXTENSIONS[args.format]}" for uri in uris]
+    if len(set(names)) < len(names):
+        raise ConfigError(f"two inputs would both be written as one file in --output-dir {directory}")
+    return [directory / name for name in names]
 
 
 if __name__ == "__main__":

@@ -153,7 +153,7 @@ def parse_export(document: list[Any], settings: AnnotationSettings) -> ParsedExp
             continue
         for region in task.regions:
             regions_by_kind[region.kind] += 1
-        if not any(region.kind is RegionKind.SPEECH for region in task.regions):
+        if not any(region.kind in (RegionKind.SPEECH, RegionKind.EXCLUDED) for region in task.regions):
             skips.append(Skip("no_transcribed_speech", task.task_id, task.audio_uri))
             continue
         tasks.append(task)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,7 +24,9 @@ from whisper_pipeline.constants import (
     N_FFT,
     N_FRAMES,
     N_SAMPLES,
+    N_TIMESTAMPS,
     SAMPLE_RATE,
+    TIME_PRECISION,
 )
 from whisper_pipeline.errors import ConfigError, ModelError
 
@@ -160,13 +163,24 @@ def pad_features(frames: ArrayLike, pad_value: float, n_frames: int = N_FRAMES) 
     return padded
 
 
-class LabelEncoder:
-    """Transcript -> decoder labels: <|startoftranscript|><|lang|><|task|><|notimestamps|> text <|endoftext|>.
+NO_SPEECH_TOKENS = ("<|nospeech|>", "<|nocaptions|>")  # Whisper v3's name, then the older vocabularies'
 
-    The ids WhisperTokenizerFast gives with these prefix tokens (the tests compare them), from the
-    `tokenizers` library it wraps: the wrapper's import and load would delay the first recording of
-    prepare_data.py. Does not cut long labels: the caller compares the length
-    with MAX_TARGET_POSITIONS and splits or skips the window. Text arrives NFC-normalised.
+
+class LabelEncoder:
+    """Transcripts -> decoder labels in Whisper's timestamped form, as its long-form decoding expects:
+
+        <|startoftranscript|><|lang|><|task|> (<|start|> text <|end|>)... <|endoftext|>
+
+    one segment per speech region of a window, times relative to the window's start on Whisper's 0.02 s
+    grid. Training derives the <|notimestamps|> form from these at batch time (train/trainer.py).
+    A window with no speech gets what Whisper emits then: <|startoftranscript|><|nospeech|><|endoftext|>
+    (<|nocaptions|> in the older vocabularies).
+
+    Every special token is looked up by its text in the model's own tokenizer, never by offset (Whisper
+    v3's vocabulary moves them). Text tokens are the ids WhisperTokenizerFast gives (the tests compare
+    them), from the `tokenizers` library it wraps: the wrapper's import and load would delay the first
+    recording of prepare_data.py. A segment's text is encoded with its leading space, as Whisper writes it.
+    Does not cut long labels: the caller compares the length with MAX_TARGET_POSITIONS.
     """
 
     def __init__(self, tokenizer: Tokenizer, language: str, task: str) -> None:
@@ -178,9 +192,13 @@ class LabelEncoder:
             self._special_id("<|startoftranscript|>"),
             self._special_id(f"<|{_language_code(tokenizer, language)}|>"),
             self._special_id(f"<|{task}|>"),
-            self._special_id("<|notimestamps|>"),
         ]
         self._eos = self._special_id("<|endoftext|>")
+        self.timestamp_ids = tuple(
+            self._special_id(f"<|{index * TIME_PRECISION:.2f}|>") for index in range(N_TIMESTAMPS)
+        )
+        names = [name for name in NO_SPEECH_TOKENS if tokenizer.token_to_id(name) is not None]
+        self._no_speech = self._special_id(names[0] if names else NO_SPEECH_TOKENS[0])
 
     @classmethod
     def from_pretrained(cls, model_dir: Path, language: str, task: str) -> LabelEncoder:
@@ -201,9 +219,29 @@ class LabelEncoder:
             raise ModelError(f"the tokenizer has no {token} token: not a multilingual Whisper tokenizer")
         return token_id
 
-    def encode(self, text: str) -> list[int]:
-        """Token ids with the prefix and eos around the text."""
-        return [*self._prefix, *self._tokenizer.encode(text, add_special_tokens=False).ids, self._eos]
+    def text_tokens(self, text: str) -> tuple[int, ...]:
+        """A segment's text tokens, with the leading space Whisper writes before each segment."""
+        return tuple(self._tokenizer.encode(f" {text}", add_special_tokens=False).ids)
+
+    def timestamp(self, seconds: float) -> int:
+        """The token of the nearest 0.02 s step, within [0, 30] s."""
+        return self.timestamp_ids[min(max(round(seconds / TIME_PRECISION), 0), N_TIMESTAMPS - 1)]
+
+    def labels(self, segments: Sequence[tuple[float, float, Sequence[int]]]) -> list[int]:
+        """(start, end, text tokens) of each segment, in seconds from the window's start -> the labels."""
+        body = [
+            token
+            for start, end, tokens in segments
+            for token in (self.timestamp(start), *tokens, self.timestamp(end))
+        ]
+        return [*self._prefix, *body, self._eos]
+
+    def label_length(self, token_counts: Sequence[int]) -> int:
+        """The length of `labels` for segments of these token counts, without building them."""
+        return len(self._prefix) + sum(count + 2 for count in token_counts) + 1
+
+    def no_speech_labels(self) -> list[int]:
+        return [self._prefix[0], self._no_speech, self._eos]
 
 
 def _language_code(tokenizer: Tokenizer, language: str) -> str:

@@ -113,6 +113,13 @@ class PrepareArguments:
     num_workers: int = field(default=0, metadata={"help": "Feature worker processes (0 = CPU cores)."})
     download_concurrency: int = field(default=16, metadata={"help": "Concurrent audio downloads."})
     max_window_seconds: float = field(default=CHUNK_SECONDS, metadata={"help": "Longest window (<= 30 s)."})
+    noise_examples: bool = field(
+        default=True,
+        metadata={
+            "help": "Excluded (noise) regions that overlap no speech become examples whose target is "
+            "Whisper's no-speech token, so that the model learns not to transcribe them."
+        },
+    )
     max_skip_fraction: float = field(
         default=0.2, metadata={"help": "Fail when more than this share of recordings cannot be used."}
     )
@@ -231,6 +238,7 @@ def run_prepare(
                 "augmentation": asdict(augmentation),
                 "annotation": asdict(args.annotation_settings),
                 "max_window_seconds": args.max_window_seconds,
+                "noise_examples": args.noise_examples,
                 "processor": processor_fingerprint(model_dir),
             }
             inputs = _gather_inputs(args, s3, scanned)
@@ -294,14 +302,14 @@ class _Inputs:
     parsed: ParsedExport
     refs: dict[str, AudioRef]  # audio URI -> where it is, for recordings with transcribed speech
     infos: dict[str, dict[str, Any]]  # audio URI -> size and ETag (or mtime)
-    unresolved: list[Skip]  # URIs that name no place we may read from
+    unresolved: list[Skip]  # URIs that name no place we may read from; noise alone, noise examples off
     unavailable: list[Skip]  # recordings that cannot be read (missing, forbidden, failing)
 
 
 def _gather_inputs(
     args: PrepareArguments, s3: S3Access, scanned: Callable[[], dict[Listing, Scan]]
 ) -> _Inputs:
-    raw = _read_annotations(args.annotations, s3)
+    raw = read_annotations(args.annotations, s3)
     parsed = parse_export(load_export(raw, source=args.annotations), args.annotation_settings)
     return _identify(args, s3, raw, parsed, scanned)
 
@@ -357,12 +365,16 @@ def _identify(
     scanned: Callable[[], dict[Listing, Scan]],
 ) -> _Inputs:
     """Where each recording with transcribed speech is, and its identity (size and ETag, or mtime)."""
+    wanted = {RegionKind.SPEECH, *([RegionKind.EXCLUDED] if args.noise_examples else [])}
     refs: dict[str, AudioRef] = {}
     task_of: dict[str, str] = {}
     unresolved: list[Skip] = []
     root = Path(args.local_files_root) if args.local_files_root else None
     for task in parsed.tasks:
-        if task.audio_uri in refs or not any(region.kind is RegionKind.SPEECH for region in task.regions):
+        if not any(region.kind in wanted for region in task.regions):  # noise alone, noise examples off
+            unresolved.append(Skip("no_transcribed_speech", task.task_id, task.audio_uri))
+            continue
+        if task.audio_uri in refs:
             continue
         try:
             refs[task.audio_uri] = resolve_audio_uri(
@@ -415,12 +427,14 @@ def _plan(run: PrepareRun) -> WorkPlan:
     """Each readable recording's windows (the tokenizer loads here: labels bound a window), its split,
     and its work keyed by what shapes its rows."""
     encoder = LabelEncoder.from_pretrained(run.model_dir, run.args.language, run.args.task)
-    windows_by_uri, window_skips = _plan_windows(run.inputs, encoder, run.args.max_window_seconds)
+    windows_by_uri, window_skips = _plan_windows(run.inputs, encoder, run.args)
     unavailable = [skip for skip in run.inputs.unavailable if skip.audio_uri in windows_by_uri]
     infos = {uri: info for uri, info in run.inputs.infos.items() if uri in windows_by_uri}
     splits = assign_splits(infos, seed=run.args.seed, val_fraction=run.args.val_fraction)
     works = {
-        uri: _recording_work(uri, splits[uri], windows_by_uri[uri], infos[uri], run.settings, run.args)
+        uri: _recording_work(
+            uri, splits[uri], windows_by_uri[uri], infos[uri], run.settings, run.args, encoder.timestamp_ids
+        )
         for uri in sorted(infos)
     }
     skips = [*run.inputs.parsed.skips, *run.inputs.unresolved, *window_skips, *unavailable]
@@ -448,15 +462,17 @@ def _check_failures(
 
 
 def _plan_windows(
-    inputs: _Inputs, encoder: LabelEncoder, max_seconds: float
+    inputs: _Inputs, encoder: LabelEncoder, args: PrepareArguments
 ) -> tuple[dict[str, list[Window]], list[Skip]]:
-    """Each readable recording's windows (its tasks' regions packed into <= max_seconds and 448 tokens),
-    and the regions that fit no window."""
+    """Each readable recording's windows (its tasks' regions packed into <= --max-window-seconds and 448
+    tokens, and its no-speech windows), and the regions that fit no window."""
     windows_by_uri: dict[str, list[Window]] = {}
     skips: list[Skip] = []
     for task in inputs.parsed.tasks:
         if task.audio_uri in inputs.refs:
-            windows, window_skips = pack_windows(task, encoder.encode, max_seconds=max_seconds)
+            windows, window_skips = pack_windows(
+                task, encoder, max_seconds=args.max_window_seconds, no_speech=args.noise_examples
+            )
             skips.extend(window_skips)
             if windows:
                 windows_by_uri.setdefault(task.audio_uri, []).extend(windows)
@@ -578,6 +594,7 @@ def _recording_work(
     info: Mapping[str, Any],
     settings: Mapping[str, Any],
     args: PrepareArguments,
+    timestamp_ids: tuple[int, ...],
 ) -> RecordingWork:
     """One recording's work, keyed by exactly what shapes its rows: a changed setting that does not touch
     it (augmentation for a validation recording, another recording's audio) leaves it reusable."""
@@ -593,7 +610,7 @@ def _recording_work(
             "augmentation": {"settings": settings["augmentation"], "seed": args.seed} if copies else None,
         }
     )
-    return RecordingWork(key=key, audio_uri=uri, split=split, windows=tuple(windows), copies=copies)
+    return RecordingWork(key, uri, split, tuple(windows), copies, timestamp_ids)
 
 
 def _check_model_dir(model_dir: Path) -> None:
@@ -610,7 +627,7 @@ def _check_model_dir(model_dir: Path) -> None:
         )
 
 
-def _read_annotations(location: str, s3: S3Access) -> bytes:
+def read_annotations(location: str, s3: S3Access) -> bytes:
     """The export's bytes from a local path or an s3:// URI."""
     if location.startswith("s3://"):
         ref = resolve_audio_uri(location, default_bucket=None, local_files_root=None)

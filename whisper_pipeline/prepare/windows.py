@@ -1,24 +1,32 @@
 """Regions -> windows of at most 30 s (what the model sees), and the train/validation split.
 
-A window is cut at region boundaries: its text is its speech regions' texts in time order; excluded
-(noise) regions between them keep their audio and add no text; a window never reaches over an
+A window is cut at region boundaries: each of its speech regions is a timestamped segment of its labels;
+excluded (noise) regions between them keep their audio and add no segment; a window never reaches over an
 untranscribed region, whose speech would teach the model to drop words.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, NamedTuple
 
 from whisper_pipeline.cache import TRAIN, VALIDATION
-from whisper_pipeline.constants import CHUNK_SECONDS, MAX_TARGET_POSITIONS
+from whisper_pipeline.constants import CHUNK_SECONDS, MAX_PROMPT_TOKENS, MAX_TARGET_POSITIONS
 from whisper_pipeline.prepare.annotations import Region, RegionKind, Skip, Task
+
+if TYPE_CHECKING:
+    from whisper_pipeline.prepare.features import LabelEncoder
 
 
 @dataclass(frozen=True)
 class Window:
-    """One training example's audio span and target: `labels` are token ids, prefix and eos included."""
+    """One training example's audio span and target.
+
+    `labels`: token ids in Whisper's timestamped form (see LabelEncoder), or the no-speech target for a
+    window that holds only excluded (noise) audio. `previous_tokens`: the text tokens of the recording's
+    window before this one (at most MAX_PROMPT_TOKENS, its last ones), what training may condition on."""
 
     window_id: str
     task_id: str
@@ -27,82 +35,107 @@ class Window:
     end: float
     text: str
     labels: tuple[int, ...]
+    previous_tokens: tuple[int, ...] = ()
 
     @property
     def duration(self) -> float:
         return self.end - self.start
 
 
+class _Span(NamedTuple):
+    """A window before its id and previous text are known (sorted by time)."""
+
+    start: float
+    end: float
+    text: str
+    labels: tuple[int, ...]
+    text_tokens: tuple[int, ...]  # its segments' text tokens, without the timestamps
+
+
 def pack_windows(
     task: Task,
-    encode: Callable[[str], Sequence[int]],
+    encoder: LabelEncoder,
     *,
     max_seconds: float = CHUNK_SECONDS,
     max_tokens: int = MAX_TARGET_POSITIONS,
+    no_speech: bool = True,
 ) -> tuple[list[Window], list[Skip]]:
-    """Greedily pack a task's speech regions, in time order, into windows within both limits."""
+    """A task's windows, in time order: its speech regions greedily packed within both limits (a segment
+    each), and, with `no_speech`, each excluded region that overlaps no other region as a no-speech window.
+
+    Gaps between regions are never no-speech windows: they may hold speech nobody transcribed."""
     speech = [region for region in task.regions if region.kind is RegionKind.SPEECH]
     untranscribed = [region for region in task.regions if region.kind is RegionKind.UNTRANSCRIBED]
-    windows: list[Window] = []
+    tokens = {region.region_id: encoder.text_tokens(region.text) for region in speech}
+    spans: list[_Span] = []
     skips: list[Skip] = []
 
-    def close(group: list[Region], known_labels: tuple[int, ...] | None) -> None:
-        text = " ".join(region.text for region in group)
-        labels = tuple(encode(text)) if known_labels is None else known_labels
-        if len(labels) > max_tokens:
-            detail = f"region {group[0].region_id}: {len(labels)} tokens > {max_tokens}"
-            skips.append(Skip("labels_too_long", task.task_id, task.audio_uri, detail))
-            return
-        index = len(windows)
-        windows.append(
-            Window(
-                window_id=f"{task.task_id}/{index:04d}",
-                task_id=task.task_id,
-                audio_uri=task.audio_uri,
-                start=group[0].start,
-                end=max(region.end for region in group),
-                text=text,
-                labels=labels,
-            )
+    def fits(group: list[Region]) -> bool:
+        start, end = group[0].start, max(member.end for member in group)
+        return (
+            end - start <= max_seconds
+            and not any(other.start < end and other.end > start for other in untranscribed)
+            and encoder.label_length([len(tokens[member.region_id]) for member in group]) <= max_tokens
         )
 
+    def close(group: list[Region]) -> None:
+        start = group[0].start
+        segments = [(m.start - start, m.end - start, tokens[m.region_id]) for m in group]
+        length = encoder.label_length([len(segment) for _, _, segment in segments])
+        if length > max_tokens:  # a lone region over the token limit
+            detail = f"region {group[0].region_id}: {length} tokens > {max_tokens}"
+            skips.append(Skip("labels_too_long", task.task_id, task.audio_uri, detail))
+            return
+        text_tokens = tuple(token for _, _, segment in segments for token in segment)
+        text = " ".join(member.text for member in group)
+        end = max(member.end for member in group)
+        spans.append(_Span(start, end, text, tuple(encoder.labels(segments)), text_tokens))
+
     group: list[Region] = []
-    labels: tuple[int, ...] | None = None  # the group's, once an extension has encoded them
     for region in speech:
         if region.end - region.start > max_seconds:
-            detail = f"region {region.region_id}: {region.end - region.start:.1f} s > {max_seconds:g} s"
-            skips.append(Skip("region_over_30s", task.task_id, task.audio_uri, detail))
+            skips.append(_too_long(task, region, max_seconds))
+            continue
+        if group and fits([*group, region]):
+            group.append(region)
             continue
         if group:
-            extended = _extended_labels(group, region, untranscribed, encode, max_seconds, max_tokens)
-            if extended is not None:
-                group.append(region)
-                labels = extended
-                continue
-            close(group, labels)
-        group, labels = [region], None
+            close(group)
+        group = [region]
     if group:
-        close(group, labels)
+        close(group)
+    if no_speech:
+        spans += _no_speech_spans(task, encoder, max_seconds, skips)
+    windows: list[Window] = []
+    previous: tuple[int, ...] = ()
+    for index, (start, end, text, labels, text_tokens) in enumerate(sorted(spans, key=lambda span: span[:2])):
+        window_id = f"{task.task_id}/{index:04d}"
+        windows.append(Window(window_id, task.task_id, task.audio_uri, start, end, text, labels, previous))
+        if text_tokens:
+            previous = text_tokens[-MAX_PROMPT_TOKENS:]
     return windows, skips
 
 
-def _extended_labels(
-    group: list[Region],
-    region: Region,
-    untranscribed: Iterable[Region],
-    encode: Callable[[str], Sequence[int]],
-    max_seconds: float,
-    max_tokens: int,
-) -> tuple[int, ...] | None:
-    """The labels of the group with `region` added, or None when that window would break a limit."""
-    start = group[0].start
-    end = max(region.end, *(member.end for member in group))
-    if end - start > max_seconds:
-        return None
-    if any(other.start < end and other.end > start for other in untranscribed):
-        return None
-    labels = tuple(encode(" ".join(member.text for member in [*group, region])))
-    return labels if len(labels) <= max_tokens else None
+def _no_speech_spans(task: Task, encoder: LabelEncoder, max_seconds: float, skips: list[Skip]) -> list[_Span]:
+    """Excluded regions that overlap no speech or untranscribed region: windows whose audio holds only
+    what the model must not transcribe."""
+    others = [region for region in task.regions if region.kind is not RegionKind.EXCLUDED]
+    spans = []
+    for region in task.regions:
+        if region.kind is not RegionKind.EXCLUDED:
+            continue
+        if any(other.start < region.end and other.end > region.start for other in others):
+            continue
+        if region.end - region.start > max_seconds:
+            skips.append(_too_long(task, region, max_seconds))
+            continue
+        spans.append(_Span(region.start, region.end, "", tuple(encoder.no_speech_labels()), ()))
+    return spans
+
+
+def _too_long(task: Task, region: Region, max_seconds: float) -> Skip:
+    detail = f"region {region.region_id}: {region.end - region.start:.1f} s > {max_seconds:g} s"
+    return Skip("region_over_30s", task.task_id, task.audio_uri, detail)
 
 
 def split_score(audio_uri: str, seed: int) -> float:

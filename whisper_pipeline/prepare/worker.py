@@ -35,6 +35,7 @@ class RecordingWork:
     split: str
     windows: tuple[Window, ...]
     copies: int
+    timestamp_ids: tuple[int, ...]  # <|0.00|> ... <|30.00|>: time-stretched copies move their segments
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class RecordingOutcome:
     skips: list[Skip]
     audio_seconds: float  # clean window seconds that made it into the cache
     failed: bool  # the recording as a whole could not be used
+    no_speech_rows: int = 0  # rows whose target is the no-speech token
 
 
 _state: dict[str, Any] = {}
@@ -82,6 +84,7 @@ def process_recording(work: RecordingWork, data: bytes) -> RecordingOutcome:
         rows=len(rows),
         windows=len({row["segment_id"] for row in rows}),
         augmented_rows=sum(1 for row in rows if row["augmentation"]),
+        no_speech_rows=sum(1 for row in rows if not row["text"]),
         skips=skips,
         audio_seconds=seconds,
         failed=not rows,
@@ -97,6 +100,7 @@ def recording_rows(
     rows: list[dict[str, Any]] = []
     skips: list[Skip] = []
     seconds = 0.0
+    time_index = {token: index for index, token in enumerate(work.timestamp_ids)}
     for window in work.windows:
         try:
             clean = cut(samples, window.start, window.end)
@@ -105,19 +109,21 @@ def recording_rows(
             continue
         seconds += len(clean) / SAMPLE_RATE
         for copy_index in range(work.copies + 1):
-            variant = clean
+            variant, labels = clean, list(window.labels)
             if copy_index:
                 seed = augmentation_seed(setup.seed, window.window_id, copy_index)
                 variant = augment(clean, setup.augmentation, seed)
                 if len(variant) > CHUNK_SECONDS * SAMPLE_RATE:
                     skips.append(Skip("augmented_over_30s", window.task_id, work.audio_uri, window.window_id))
                     continue
+                labels = _stretched(labels, work.timestamp_ids, time_index, len(variant) / len(clean))
             features = setup.featurizer.compute(variant)
             rows.append(
                 {
                     "input_features": features.frames,
                     "pad_value": features.pad_value,
-                    "labels": list(window.labels),
+                    "labels": labels,
+                    "previous_tokens": list(window.previous_tokens),
                     "text": window.text,
                     "audio_uri": work.audio_uri,
                     "task_id": window.task_id,
@@ -129,6 +135,20 @@ def recording_rows(
                 }
             )
     return rows, skips, seconds
+
+
+def _stretched(
+    labels: list[int], timestamp_ids: tuple[int, ...], time_index: dict[int, int], scale: float
+) -> list[int]:
+    """The labels of a copy whose audio is `scale` times as long (time stretch): every timestamp moves
+    with the speech it marks."""
+    if scale == 1.0:
+        return labels
+    last = len(timestamp_ids) - 1
+    return [
+        timestamp_ids[min(round(time_index[token] * scale), last)] if token in time_index else token
+        for token in labels
+    ]
 
 
 def limit_threads() -> None:

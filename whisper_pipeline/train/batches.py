@@ -35,6 +35,7 @@ class CacheRow:
     frames: np.ndarray  # float16 [num_frames, n_mels]
     pad_value: float
     labels: np.ndarray  # int32 token ids
+    previous_tokens: np.ndarray  # int32 text tokens of the recording's previous window
 
 
 class CacheRows(Dataset[CacheRow]):
@@ -53,9 +54,11 @@ class CacheRows(Dataset[CacheRow]):
 
     def _cut(self) -> None:
         # [:] is zero-copy: the table's own batches, or one slice per row under a select()'s indices.
-        table = self._rows.with_format("arrow", columns=["input_features", "pad_value", "labels"])[:]
+        columns = ["input_features", "pad_value", "labels", "previous_tokens"]
+        table = self._rows.with_format("arrow", columns=columns)[:]
         self._frames = [row for chunk in table.column("input_features").chunks for row in _frames(chunk)]
         self._labels = [row for chunk in table.column("labels").chunks for row in _lists(chunk)]
+        self._previous = [row for chunk in table.column("previous_tokens").chunks for row in _lists(chunk)]
         self._pad_values = table.column("pad_value").to_numpy().tolist()
 
     def __getstate__(self) -> dict[str, Any]:
@@ -69,7 +72,9 @@ class CacheRows(Dataset[CacheRow]):
         return len(self._frames)
 
     def __getitem__(self, index: int) -> CacheRow:
-        return CacheRow(self._frames[index], self._pad_values[index], self._labels[index])
+        return CacheRow(
+            self._frames[index], self._pad_values[index], self._labels[index], self._previous[index]
+        )
 
     def __getitems__(self, indices: Sequence[int]) -> list[CacheRow]:
         return self.take(indices)

@@ -50,7 +50,7 @@ from whisper_pipeline.train.outputs import (
     write_config,
     write_results,
 )
-from whisper_pipeline.train.trainer import WhisperDataCollator, WhisperTrainer
+from whisper_pipeline.train.trainer import DecoderTokens, WhisperDataCollator, WhisperTrainer
 
 RESUME_AUTO = "auto"
 # LoRA moves only a low-rank update B·A with B starting at zero, scaled by alpha/r: to change the model
@@ -58,6 +58,10 @@ RESUME_AUTO = "auto"
 # 1e-3 is the rate of peft's Whisper LoRA recipe with these same r=32/alpha=64 (the int8 whisper-large
 # notebook); warmup (10% of the steps) keeps the first steps of the fresh adapter from overshooting.
 DEFAULT_LEARNING_RATE = 1e-3
+# Share of examples with timestamps, and conditioned on the previous window's text: see the README's
+# "Long-form" section for the demo's figures behind them.
+DEFAULT_TIMESTAMP_PROBABILITY = 0.5
+DEFAULT_PROMPT_PROBABILITY = 0.2
 
 
 @dataclass
@@ -85,6 +89,25 @@ class DataArguments:
             "frequency masking off)."
         },
     )
+    timestamp_probability: float = field(
+        default=DEFAULT_TIMESTAMP_PROBABILITY,
+        metadata={
+            "help": "Share of training examples that keep their timestamps (the rest are trained with "
+            "<|notimestamps|>): what long-form transcription (faster-whisper, subtitles) relies on."
+        },
+    )
+    prompt_probability: float = field(
+        default=DEFAULT_PROMPT_PROBABILITY,
+        metadata={
+            "help": "Share of training examples conditioned on their recording's previous window "
+            "(<|startofprev|> + its text, at most 224 tokens, not scored), as long-form decoding does."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("timestamp_probability", "prompt_probability"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(self, name)}")
 
 
 @dataclass
@@ -352,10 +375,17 @@ def run_training(
     if training_args.process_index == 0:
         write_config(output_dir, settings)
 
+    tokens = DecoderTokens.from_tokenizer(processor.tokenizer)
     trainer = WhisperTrainer(
         model=model,
         args=training_args,
-        data_collator=WhisperDataCollator(model.config.decoder_start_token_id),
+        data_collator=WhisperDataCollator(
+            tokens,
+            timestamp_probability=data_args.timestamp_probability,
+            prompt_probability=data_args.prompt_probability,
+            seed=training_args.seed,
+        ),
+        eval_data_collator=WhisperDataCollator(tokens),
         train_dataset=splits.train,
         eval_dataset=splits.validation,
         processing_class=processor,

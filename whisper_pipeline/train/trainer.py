@@ -3,7 +3,9 @@ batches made ahead in a thread, generation under autocast and exact distributed 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import random
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,7 +13,14 @@ import numpy as np
 import torch
 from transformers import Seq2SeqTrainer
 
-from whisper_pipeline.constants import N_FRAMES
+from whisper_pipeline.constants import (
+    MAX_PROMPT_TOKENS,
+    MAX_TARGET_POSITIONS,
+    N_FRAMES,
+    N_TIMESTAMPS,
+    TIME_PRECISION,
+)
+from whisper_pipeline.errors import ModelError
 from whisper_pipeline.train.batches import BackgroundBatches, CacheRow, feature_batch, model_inputs
 from whisper_pipeline.train.metrics import IGNORE_INDEX
 
@@ -19,25 +28,94 @@ BACKGROUND_STEPS = 2  # optimizer steps of batches the training thread may make 
 
 
 @dataclass(frozen=True)
+class DecoderTokens:
+    """The special tokens a batch is built with, looked up by their text in the model's tokenizer."""
+
+    start_of_transcript: int
+    end_of_text: int  # also the padding of decoder inputs
+    no_timestamps: int
+    start_of_previous: int
+    timestamps: frozenset[int]  # <|0.00|> ... <|30.00|>
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer) -> DecoderTokens:
+        vocabulary = tokenizer.get_vocab()
+        times = [f"<|{index * TIME_PRECISION:.2f}|>" for index in range(N_TIMESTAMPS)]
+        names = ["<|startoftranscript|>", "<|endoftext|>", "<|notimestamps|>", "<|startofprev|>", *times]
+        if missing := [name for name in names if name not in vocabulary]:
+            raise ModelError(f"the tokenizer has no {missing[0]} token: not a multilingual Whisper tokenizer")
+        return cls(
+            start_of_transcript=vocabulary["<|startoftranscript|>"],
+            end_of_text=vocabulary["<|endoftext|>"],
+            no_timestamps=vocabulary["<|notimestamps|>"],
+            start_of_previous=vocabulary["<|startofprev|>"],
+            timestamps=frozenset(vocabulary[time] for time in times),
+        )
+
+
+@dataclass
 class WhisperDataCollator:
     """Cache rows -> a compact Whisper batch (see batches.py): features padded to the batch's longest row,
-    their frame counts and pad values, labels padded with -100; WhisperTrainer pads the features to 30 s
+    their frame counts and pad values, and the decoder's targets; WhisperTrainer pads the features to 30 s
     on the device.
 
-    Holds the one token id it needs (no globals). The cache's labels start with <|startoftranscript|>,
-    which the model prepends itself when it shifts labels into decoder inputs: it is stripped here, or
-    the decoder would learn from a doubled start token.
+    The cache's labels carry timestamps (<|sot|><|lang|><|task|> (<|t|> text <|t|>)... <|eot|>). Each
+    example keeps them with `timestamp_probability`, else gets the <|notimestamps|> form; with
+    `prompt_probability` it is conditioned on the recording's previous window: <|startofprev|> and that
+    text before <|startoftranscript|>, never a target of the loss (an unmasked prompt teaches the model to
+    hallucinate it). The draws come from one generator seeded by `seed`: the same batches in the same
+    order give the same examples.
+
+    Without prompts the targets are the labels after <|startoftranscript|> and the model shifts them into
+    its decoder inputs itself; with one, the decoder inputs are given.
     """
 
-    decoder_start_token_id: int
+    tokens: DecoderTokens
+    timestamp_probability: float = 0.0
+    prompt_probability: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self._random = random.Random(self.seed)
 
     def __call__(self, rows: Sequence[CacheRow]) -> dict[str, torch.Tensor]:
-        labels = [row.labels for row in rows]
-        labels = [ids[1:] if len(ids) and ids[0] == self.decoder_start_token_id else ids for ids in labels]
-        padded = np.full((len(labels), max(len(ids) for ids in labels)), IGNORE_INDEX, dtype=np.int64)
-        for row, ids in enumerate(labels):
-            padded[row, : len(ids)] = ids
-        return {**feature_batch(rows), "labels": torch.from_numpy(padded)}
+        sequences = [self._sequence(row) for row in rows]
+        batch = feature_batch(rows)
+        if not any(masked for _, masked in sequences):
+            batch["labels"] = _padded([ids[1:] for ids, _ in sequences], IGNORE_INDEX)
+            return batch
+        batch["decoder_input_ids"] = _padded([ids[:-1] for ids, _ in sequences], self.tokens.end_of_text)
+        targets = [[IGNORE_INDEX] * masked + ids[1 + masked :] for ids, masked in sequences]
+        batch["labels"] = _padded(targets, IGNORE_INDEX)
+        return batch
+
+    def _sequence(self, row: CacheRow) -> tuple[list[int], int]:
+        """The row's decoder tokens from <|startofprev|> or <|startoftranscript|> on, and how many targets
+        at the start (the prompt's, and <|startoftranscript|> after it) the loss ignores."""
+        labels = row.labels.tolist()
+        if self._random.random() >= self.timestamp_probability:
+            labels = self.without_timestamps(labels)
+        if not len(row.previous_tokens) or self._random.random() >= self.prompt_probability:
+            return labels, 0
+        room = min(MAX_PROMPT_TOKENS, MAX_TARGET_POSITIONS - len(labels))
+        prompt = row.previous_tokens[len(row.previous_tokens) - room :].tolist() if room > 0 else []
+        if not prompt:
+            return labels, 0
+        return [self.tokens.start_of_previous, *prompt, *labels], len(prompt) + 1
+
+    def without_timestamps(self, labels: list[int]) -> list[int]:
+        """<|sot|><|lang|><|task|><|notimestamps|> and the text tokens; a no-speech target is kept as is."""
+        if not any(token in self.tokens.timestamps for token in labels):
+            return labels
+        text = [token for token in labels[3:] if token not in self.tokens.timestamps]
+        return [*labels[:3], self.tokens.no_timestamps, *text]
+
+
+def _padded(sequences: Sequence[Sequence[int]], value: int) -> torch.Tensor:
+    padded = np.full((len(sequences), max(len(ids) for ids in sequences)), value, dtype=np.int64)
+    for row, ids in enumerate(sequences):
+        padded[row, : len(ids)] = ids
+    return torch.from_numpy(padded)
 
 
 class WhisperTrainer(Seq2SeqTrainer):
@@ -45,6 +123,28 @@ class WhisperTrainer(Seq2SeqTrainer):
     under autocast and exact distributed evaluation."""
 
     _background: BackgroundBatches | None = None
+
+    def __init__(self, *args, eval_data_collator: WhisperDataCollator | None = None, **kwargs) -> None:
+        """`eval_data_collator`: the batches of evaluation and prediction (scored without timestamps or
+        prompts, as the short-form score); training batches come from `data_collator`."""
+        super().__init__(*args, **kwargs)
+        self._eval_data_collator = eval_data_collator or self.data_collator
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        with self._collating_for_evaluation():
+            return super().get_eval_dataloader(eval_dataset)
+
+    def get_test_dataloader(self, test_dataset):
+        with self._collating_for_evaluation():
+            return super().get_test_dataloader(test_dataset)
+
+    @contextmanager
+    def _collating_for_evaluation(self) -> Iterator[None]:
+        training_collator, self.data_collator = self.data_collator, self._eval_data_collator
+        try:
+            yield
+        finally:
+            self.data_collator = training_collator
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         # Without loader workers the next batches are made by a thread while this step computes. The loop

@@ -1,0 +1,55 @@
+"""Long-form scores on known segments: WER and deletions of joined transcripts, coverage, timing error,
+words on noise-only recordings, loops."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from whisper_pipeline.constants import SAMPLE_RATE
+from whisper_pipeline.inference.longform import LongRecording, Span, has_loop, is_long_form, score_long_form
+
+
+def recording(*utterances: tuple[float, float, str], seconds: float = 40.0) -> LongRecording:
+    samples = np.zeros(round(seconds * SAMPLE_RATE), dtype=np.float32)
+    return LongRecording("s3://b/a.flac", samples, tuple(Span(*u) for u in utterances))
+
+
+SPEECH = recording((1.0, 3.0, "xin chào các bạn"), (5.0, 7.0, "hôm nay trời đẹp"), (31.0, 33.0, "cảm ơn"))
+
+
+def test_a_perfect_transcript_scores_perfectly():
+    scores = score_long_form([SPEECH], [list(SPEECH.utterances)])
+    assert (scores["wer"], scores["deletions"], scores["coverage"], scores["timestamp_error"]) == (0, 0, 1, 0)
+    assert (scores["noise_words"], scores["loops"], scores["recordings"]) == (0, 0, 1)
+
+
+def test_a_dropped_utterance_is_deletions_and_lost_coverage_and_shifted_times_are_timing_error():
+    segments = [Span(1.2, 3.4, "xin chào các bạn"), Span(31.0, 33.0, "cảm ơn")]  # the second one lost
+    scores = score_long_form([SPEECH], [segments])
+    assert scores["deletions"] == pytest.approx(4 / 10)  # 4 of the 10 reference words
+    assert scores["coverage"] == pytest.approx(2 / 3)
+    # matched: (|1.2 - 1.0| + |3.4 - 3.0|) / 2 = 0.3 and 0 for the third; the second has no segment
+    assert scores["timestamp_error"] == pytest.approx((0.3 + 0.0) / 2)
+
+
+def test_one_segment_over_two_utterances_covers_both_and_its_boundaries_are_far_from_each():
+    scores = score_long_form([SPEECH], [[Span(1.0, 7.0, "xin chào các bạn hôm nay trời đẹp cảm ơn")]])
+    assert scores["wer"] == 0 and scores["coverage"] == pytest.approx(2 / 3)
+    assert scores["timestamp_error"] == pytest.approx((4.0 + 4.0) / 2 / 2)  # both at (0 + 4) / 2
+
+
+def test_words_on_noise_only_recordings_and_loops_are_counted():
+    noise = recording(seconds=5.0)
+    looping = [Span(1.0, 3.0, "xin chào các bạn xin chào các bạn xin chào các bạn"), Span(5, 7, "hôm nay")]
+    scores = score_long_form([SPEECH, noise], [looping, [Span(0.0, 2.0, "Cảm ơn, các bạn!")]])
+    assert scores["noise_recordings"] == 1 and scores["noise_words"] == 4
+    assert scores["loops"] == pytest.approx(1 / 2)
+    assert has_loop("a b c a b c a b c") and not has_loop("a b c a b c d")
+
+
+def test_long_form_is_over_one_window_or_several_utterances():
+    assert is_long_form(SPEECH)
+    assert is_long_form(recording((0.0, 1.0, "một"), (2.0, 3.0, "hai"), seconds=5.0))
+    assert not is_long_form(recording((0.0, 1.0, "một"), seconds=5.0))
+    assert not is_long_form(recording(seconds=5.0))
