@@ -240,9 +240,10 @@ def _long_form(args: EvaluateArguments, language: str, task: str, output_dir: Pa
     from whisper_pipeline.prepare.run import read_annotations
     from whisper_pipeline.prepare.sources import S3Access, S3Settings
 
-    raw = read_annotations(args.annotations, S3Access(S3Settings.from_env(os.environ)))
+    s3 = S3Access(S3Settings.from_env(os.environ))
+    raw = read_annotations(args.annotations, s3)
     settings = AnnotationSettings(args.text_from_name, args.label_from_name, tuple(args.exclude_labels))
-    recordings = read_recordings(raw, settings, local_files_root=args.local_files_root)
+    recordings = read_recordings(raw, settings, local_files_root=args.local_files_root, s3=s3)
     if not any(is_long_form(recording) for recording in recordings):
         return None
     chosen = [recording for recording in recordings if is_long_form(recording) or recording.noise_only]

@@ -16,7 +16,6 @@ timestamp, then drops speech or repeats itself. These scores show it:
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,7 +32,6 @@ from whisper_pipeline.prepare.audio import AudioDecodeError, decode_audio
 from whisper_pipeline.prepare.sources import (
     AudioSourceError,
     S3Access,
-    S3Settings,
     read_bytes,
     resolve_audio_uri,
 )
@@ -77,11 +75,10 @@ def read_recordings(
     settings: AnnotationSettings,
     *,
     local_files_root: str | None,
-    environ: dict[str, str] | None = None,
+    s3: S3Access,
 ) -> list[LongRecording]:
     """Every task of the export with transcribed speech or only excluded (noise) regions, decoded whole."""
     parsed = parse_export(load_export(raw_export), settings)
-    s3 = S3Access(S3Settings.from_env(os.environ if environ is None else environ))
     root = Path(local_files_root) if local_files_root else None
     recordings = []
     for task in parsed.tasks:

@@ -271,7 +271,7 @@ def transformers_transcriber(model_dir: Path, args: TranscribeArguments, languag
     feature_extractor = WhisperFeatureExtractor.from_pretrained(str(processor_dir))
     tokenizer = WhisperTokenizerFast.from_pretrained(str(processor_dir))
     prompt = (
-        {"prompt_ids": torch.from_numpy(tokenizer.get_prompt_ids(args.initial_prompt, return_tensors="np"))}
+        {"prompt_ids": tokenizer.get_prompt_ids(args.initial_prompt, return_tensors="pt")}
         if args.initial_prompt
         else {}
     )

@@ -27,6 +27,7 @@ from whisper_pipeline.constants import (
     N_TIMESTAMPS,
     SAMPLE_RATE,
     TIME_PRECISION,
+    TIMESTAMP_TOKENS,
 )
 from whisper_pipeline.errors import ConfigError, ModelError
 
@@ -194,9 +195,7 @@ class LabelEncoder:
             self._special_id(f"<|{task}|>"),
         ]
         self._eos = self._special_id("<|endoftext|>")
-        self.timestamp_ids = tuple(
-            self._special_id(f"<|{index * TIME_PRECISION:.2f}|>") for index in range(N_TIMESTAMPS)
-        )
+        self.timestamp_ids = tuple(self._special_id(token) for token in TIMESTAMP_TOKENS)
         names = [name for name in NO_SPEECH_TOKENS if tokenizer.token_to_id(name) is not None]
         self._no_speech = self._special_id(names[0] if names else NO_SPEECH_TOKENS[0])
 

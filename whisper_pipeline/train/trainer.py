@@ -17,8 +17,7 @@ from whisper_pipeline.constants import (
     MAX_PROMPT_TOKENS,
     MAX_TARGET_POSITIONS,
     N_FRAMES,
-    N_TIMESTAMPS,
-    TIME_PRECISION,
+    TIMESTAMP_TOKENS,
 )
 from whisper_pipeline.errors import ModelError
 from whisper_pipeline.train.batches import BackgroundBatches, CacheRow, feature_batch, model_inputs
@@ -40,8 +39,13 @@ class DecoderTokens:
     @classmethod
     def from_tokenizer(cls, tokenizer) -> DecoderTokens:
         vocabulary = tokenizer.get_vocab()
-        times = [f"<|{index * TIME_PRECISION:.2f}|>" for index in range(N_TIMESTAMPS)]
-        names = ["<|startoftranscript|>", "<|endoftext|>", "<|notimestamps|>", "<|startofprev|>", *times]
+        names = [
+            "<|startoftranscript|>",
+            "<|endoftext|>",
+            "<|notimestamps|>",
+            "<|startofprev|>",
+            *TIMESTAMP_TOKENS,
+        ]
         if missing := [name for name in names if name not in vocabulary]:
             raise ModelError(f"the tokenizer has no {missing[0]} token: not a multilingual Whisper tokenizer")
         return cls(
@@ -49,7 +53,7 @@ class DecoderTokens:
             end_of_text=vocabulary["<|endoftext|>"],
             no_timestamps=vocabulary["<|notimestamps|>"],
             start_of_previous=vocabulary["<|startofprev|>"],
-            timestamps=frozenset(vocabulary[time] for time in times),
+            timestamps=frozenset(vocabulary[token] for token in TIMESTAMP_TOKENS),
         )
 
 
