@@ -43,11 +43,15 @@ from whisper_pipeline.errors import CacheError
 if TYPE_CHECKING:
     import datasets
 
-FORMAT_VERSION = 2  # 2: timestamped labels, no-speech windows, previous_tokens
+FORMAT_VERSION = 3  # 2: timestamped labels, no-speech windows, previous_tokens; 3: whole recordings
 TRAIN = "train"
 VALIDATION = "validation"
 SPLITS = (TRAIN, VALIDATION)
 SOURCE_COLUMNS = ("segment_id", "audio_uri", "start", "end")  # where a row's audio comes from
+# `augmentation` of a row: 0 the window's own audio, k > 0 its k-th augmented copy, or WHOLE_RECORDING: a
+# validation recording whole (features of any length, no labels, its annotated utterances), what the end of
+# training transcribes with Whisper's long-form algorithm, as users deploy the model
+WHOLE_RECORDING = -1
 REPORT_NAME = "prepare_report.json"
 RECORDINGS_NAME = "recordings.json"  # per-recording outcome (rows, skips, seconds), for reuse
 STAGING_NAME = ".staging"
@@ -81,6 +85,10 @@ SHARD_SCHEMA = pa.schema(
         ("end", pa.float64()),
         ("augmentation", pa.int8()),
         ("recording_key", pa.string()),
+        (
+            "utterances",
+            pa.list_(pa.struct([("start", pa.float64()), ("end", pa.float64()), ("text", pa.string())])),
+        ),
     ]
 )
 
@@ -423,6 +431,12 @@ def clean_rows(rows: datasets.Dataset, limit: int | None = None, *, speech: bool
     Selected in memory, so that the cache folder is never written to (and DDP processes never race on it)."""
     has_text = np.array([bool(text) for text in rows["text"]], dtype=bool)
     chosen = np.flatnonzero((np.asarray(rows["augmentation"]) == 0) & (has_text == speech))[:limit]
+    return rows.select(chosen, keep_in_memory=True)
+
+
+def whole_recordings(rows: datasets.Dataset) -> datasets.Dataset:
+    """The WHOLE_RECORDING rows (selected in memory, as `clean_rows`)."""
+    chosen = np.flatnonzero(np.asarray(rows["augmentation"]) == WHOLE_RECORDING)
     return rows.select(chosen, keep_in_memory=True)
 
 

@@ -3,23 +3,21 @@ words on noise-only recordings, loops."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
-from whisper_pipeline.constants import SAMPLE_RATE
-from whisper_pipeline.inference.longform import LongRecording, Span, has_loop, is_long_form, score_long_form
+from whisper_pipeline.inference.longform import LongRecording, Span, has_loop, score_long_form
+from whisper_pipeline.prepare.windows import Utterance
 
 
 def recording(*utterances: tuple[float, float, str], seconds: float = 40.0) -> LongRecording:
-    samples = np.zeros(round(seconds * SAMPLE_RATE), dtype=np.float32)
-    return LongRecording("s3://b/a.flac", samples, tuple(Span(*u) for u in utterances))
+    return LongRecording("s3://b/a.flac", seconds, tuple(Utterance(*u) for u in utterances))
 
 
 SPEECH = recording((1.0, 3.0, "xin chào các bạn"), (5.0, 7.0, "hôm nay trời đẹp"), (31.0, 33.0, "cảm ơn"))
 
 
 def test_a_perfect_transcript_scores_perfectly():
-    scores = score_long_form([SPEECH], [list(SPEECH.utterances)])
+    scores = score_long_form([SPEECH], [[Span(*u) for u in SPEECH.utterances]])
     assert (scores["wer"], scores["deletions"], scores["coverage"], scores["timestamp_error"]) == (0, 0, 1, 0)
     assert (scores["noise_words"], scores["loops"], scores["recordings"]) == (0, 0, 1)
 
@@ -48,8 +46,8 @@ def test_words_on_noise_only_recordings_and_loops_are_counted():
     assert has_loop("a b c a b c a b c") and not has_loop("a b c a b c d")
 
 
-def test_long_form_is_over_one_window_or_several_utterances():
-    assert is_long_form(SPEECH)
-    assert is_long_form(recording((0.0, 1.0, "một"), (2.0, 3.0, "hai"), seconds=5.0))
-    assert not is_long_form(recording((0.0, 1.0, "một"), seconds=5.0))
-    assert not is_long_form(recording(seconds=5.0))
+def test_long_form_is_over_one_window_or_several_utterances_or_noise_only():
+    assert SPEECH.long_form
+    assert recording((0.0, 1.0, "một"), (2.0, 3.0, "hai"), seconds=5.0).long_form
+    assert recording(seconds=5.0).long_form  # whatever is written on it is hallucinated
+    assert not recording((0.0, 1.0, "một"), seconds=5.0).long_form

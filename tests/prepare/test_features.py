@@ -139,6 +139,34 @@ def test_mel_filters_are_the_extractors(tmp_path, feature_size):
     np.testing.assert_array_equal(featurizer.mel_filters, extractor.mel_filters.astype(np.float32))
 
 
+@pytest.mark.parametrize("seconds", [12.0, 30.0, 41.37])
+def test_a_whole_recording_is_the_extractors_long_form_input(
+    featurizer, feature_extractor, long_speech, seconds
+):
+    """What long-form transcription feeds the model (transformers' `truncation=False, padding="longest"`,
+    30 s of zero padding for a shorter file): every frame, one frame per 160 samples past 30 s."""
+    clip = np.tile(long_speech, 2)[: round(seconds * SAMPLE_RATE)]
+    padding = "longest" if len(clip) > N_SAMPLES else "max_length"
+    expected = feature_extractor(
+        clip, sampling_rate=SAMPLE_RATE, truncation=False, padding=padding, return_tensors="np"
+    ).input_features[0]
+    compact = featurizer.compute(clip, whole=True)
+    restored = pad_features(compact.frames, compact.pad_value, max(N_FRAMES, len(compact.frames)))
+    assert (
+        restored.shape
+        == expected.shape
+        == (feature_extractor.feature_size, max(N_FRAMES, len(clip) // HOP_LENGTH))
+    )
+    # as in test_padded_features_equal_the_feature_extractor: the FFT difference, then one float16 rounding
+    frames, _ = featurizer.log_mel(clip, whole=True)
+    fft_difference = np.abs(frames.T - expected[:, : len(frames)]).max()
+    assert fft_difference <= 1e-4
+    half_float16_step = np.spacing(np.float16(np.abs(expected).max())) / 2
+    assert np.abs(restored - expected).max() <= half_float16_step + _pad_value_bound(
+        fft_difference, compact.pad_value
+    )
+
+
 def test_audio_over_30_seconds_is_refused(featurizer, long_speech):
     with pytest.raises(ValueError, match="at most"):
         featurizer.compute(long_speech[: N_SAMPLES + 1])

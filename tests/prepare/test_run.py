@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import shutil
@@ -20,7 +21,7 @@ from transformers import WhisperFeatureExtractor, WhisperTokenizerFast
 
 from tests.fixtures.cache import cache_digest, prepare_arguments, prepare_command
 from tests.fixtures.processes import kill_in_phase
-from whisper_pipeline.cache import exclusive_lock, open_cache
+from whisper_pipeline.cache import clean_rows, exclusive_lock, open_cache, whole_recordings
 from whisper_pipeline.constants import TIME_PRECISION
 from whisper_pipeline.errors import CacheError
 from whisper_pipeline.prepare import run as prepare
@@ -82,6 +83,29 @@ def test_cache_layout_columns_and_kept_texts(prepared_cache, staged_corpus):
     assert report["examples"]["train"] == len(splits["train"]) == 2 * report["windows"]["train"]
     assert report["augmented_examples"] == report["windows"]["train"]
     assert report["cache_bytes"] > 0 and report["audio_seconds"]["train"] > 0
+
+
+def test_validation_recordings_of_several_utterances_are_also_kept_whole(
+    long_form_cache, staged_corpus, multi_utterance_recording, tiny_model_dir
+):
+    """A WHOLE_RECORDING row for what long-form evaluation transcribes; never trained on, never in the
+    short-form scores (clean_rows)."""
+    cache = open_cache(long_form_cache, model_dir=tiny_model_dir)
+    whole = whole_recordings(cache.validation).with_format("numpy")
+    call = f"s3://{staged_corpus.bucket}/calls/{multi_utterance_recording.path.name}"
+    assert list(whole["audio_uri"]) == [call]  # one-utterance clips are scored by their windows alone
+    assert call not in set(cache.train["audio_uri"]) and not len(whole_recordings(cache.train))
+    (row,) = whole
+    speech = [u for u in multi_utterance_recording.utterances if u.text]
+    assert [u["text"] for u in row["utterances"]] == [u.text for u in speech]
+    assert row["text"] == " ".join(u.text for u in speech) and len(row["labels"]) == 0
+    for kept, annotated in zip(row["utterances"], speech, strict=True):
+        assert abs(kept["start"] - annotated.start) < 1e-3 and abs(kept["end"] - annotated.end) < 1e-3
+    samples = len(multi_utterance_recording.samples)
+    assert row["end"] == pytest.approx(samples / 16_000) and row["start"] == 0
+    assert len(row["input_features"]) == math.ceil((samples + 200) / 160)  # every frame that holds audio
+    assert not len(whole_recordings(clean_rows(cache.validation)))
+    assert json.loads((long_form_cache / "prepare_report.json").read_text())["whole_recordings"] == 1
 
 
 def test_reloaded_padded_features_equal_the_feature_extractor_on_padded_audio(

@@ -164,6 +164,28 @@ def test_short_run_trains_evaluates_with_generation_and_writes_every_output(
     assert config["resolved"]["language"] == cache.report["settings"]["language"]
     assert config["resolved"]["unfreeze_conv"] is True
     assert config["arguments"]["max_steps"] == 4 and config["arguments"]["predict_with_generate"] is True
+    assert metrics["long_form"] is None  # every validation recording is one utterance: nothing to add
+
+
+@pytest.mark.e2e
+def test_the_end_of_training_transcribes_validation_recordings_whole(
+    long_form_cache, tiny_model_dir, tmp_path, capsys
+):
+    """Base and adapter on the held-out multi-utterance recording, from its cached whole-recording
+    features, with Whisper's long-form generation: what users deploy, scored beside the short-form WER."""
+    output_dir = tmp_path / "outputs"
+    code = main(
+        ["--model", str(tiny_model_dir), "--data-dir", str(long_form_cache), "--output-dir", str(output_dir),
+         "--max-steps", "1", "--long-form-max-new-tokens", "24", *QUICK]
+    )  # fmt: skip
+    assert code == 0
+    long_form = json.loads((output_dir / "metrics.json").read_text(encoding="utf-8"))["long_form"]
+    assert set(long_form) == {"base", "adapter"}
+    for scores in long_form.values():
+        assert (scores["recordings"], scores["noise_recordings"]) == (1, 0)
+        assert scores["wer"] >= 0 and 0 <= scores["deletions"] <= 1 and 0 <= scores["coverage"] <= 1
+    summary = capsys.readouterr().out
+    assert "long-form    base" in summary and "long-form    adapter" in summary
 
 
 @pytest.mark.e2e

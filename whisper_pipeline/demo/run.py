@@ -306,7 +306,7 @@ def long_form_rows(summary: dict[str, Any]) -> list[str]:
         "merged": long_form.get("adapter"),
         "ctranslate2": long_form.get("ctranslate2"),
     }
-    short["ctranslate2"] = (long_form.get("ctranslate2") or {}).get("short_form")
+    short["ctranslate2"] = summary["heldout"].get("ctranslate2")
     rows = ["model        short WER  long WER  deletions  coverage  ts error  noise words"]
     for name, scores in models.items():
         if not scores:

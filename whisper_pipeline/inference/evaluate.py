@@ -5,30 +5,47 @@
 
 Utterances come from a feature cache (the validation split by default), or from a Label Studio export that
 is prepared first like a training export (same S3 settings, every recording held out, no augmentation) into
-its own cache, so a rerun costs seconds. Writes `evaluation.json`, `evaluation.md` (the table and the worst
-utterances with their word alignment) and `predictions.jsonl` under --output-dir.
+its own cache, so a rerun costs seconds. The adapter is merged into the base before it generates, as
+users deploy it. Where the split holds recordings kept whole (longer than 30 s, several utterances, or
+noise only: see prepare/windows.is_long_form), each model also transcribes them whole with Whisper's
+long-form algorithm and is scored on them (see longform.py); --ctranslate2 adds the faster-whisper export
+on the same utterances and recordings. Writes `evaluation.json`, `evaluation.md` (the tables and the worst
+utterances with their word alignment), `predictions.jsonl` and `long_form.jsonl` under --output-dir.
 """
 
 from __future__ import annotations
 
 import gc
 import json
-import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jiwer
 import torch
 from tqdm.auto import tqdm
 
-from whisper_pipeline.cache import SOURCE_COLUMNS, SPLITS, PreparedCache, clean_rows, open_cache
+from whisper_pipeline.cache import (
+    SOURCE_COLUMNS,
+    SPLITS,
+    PreparedCache,
+    clean_rows,
+    open_cache,
+    whole_recordings,
+)
 from whisper_pipeline.config import parse_config
 from whisper_pipeline.constants import MAX_TARGET_POSITIONS
 from whisper_pipeline.errors import ConfigError, exit_on_user_error
-from whisper_pipeline.prepare.annotations import AnnotationSettings
+from whisper_pipeline.inference.longform import (
+    LongRecording,
+    Span,
+    cached_recordings,
+    score_long_form,
+    transcribe_cached,
+)
+from whisper_pipeline.prepare.audio import cut
 from whisper_pipeline.train.batches import CacheRows, feature_batch, model_inputs
 from whisper_pipeline.train.metrics import SCORES, normalize_for_scoring, score, utterance_wers
 from whisper_pipeline.train.modeling import (
@@ -38,6 +55,9 @@ from whisper_pipeline.train.modeling import (
     load_trained,
     resolve_precision,
 )
+
+if TYPE_CHECKING:
+    import datasets
 
 PROMPT_TOKENS = 4  # <|startoftranscript|><|lang|><|task|><|notimestamps|>
 
@@ -85,8 +105,8 @@ class EvaluateArguments:
     long_form: bool = field(
         default=True,
         metadata={
-            "help": "With --annotations: also transcribe whole recordings (over 30 s, or with several "
-            "regions, and noise-only ones) as users deploy the model, and score them (see longform.py)."
+            "help": "Also transcribe the recordings kept whole (over 30 s, several utterances, or noise "
+            "only) as users deploy the model, and score them (see longform.py)."
         },
     )
     long_form_max_new_tokens: int | None = field(
@@ -98,7 +118,8 @@ class EvaluateArguments:
     ctranslate2: str | None = field(
         default=None,
         metadata={
-            "help": "A CTranslate2 export (`export ctranslate2`), scored long-form with faster-whisper."
+            "help": "A CTranslate2 export (`export ctranslate2`), scored with faster-whisper on the same "
+            "utterances and recordings (read from their audio)."
         },
     )
 
@@ -116,6 +137,7 @@ class Utterances:
     features: CacheRows
     references: list[str]
     sources: list[dict[str, Any]]  # segment_id, audio_uri, start, end
+    recordings: datasets.Dataset  # the split's WHOLE_RECORDING rows (long-form)
     language: str
     task: str
     description: str
@@ -139,6 +161,7 @@ def load_utterances(args: EvaluateArguments) -> Utterances:
         features=CacheRows(rows),
         references=list(rows["text"]),
         sources=rows.select_columns(list(SOURCE_COLUMNS)).to_list(),
+        recordings=whole_recordings(cache.train if split == "train" else cache.validation),
         language=language,
         task=task,
         description=f"{len(rows)} utterances of {source}",
@@ -158,6 +181,7 @@ def _prepare_annotations(args: EvaluateArguments) -> PreparedCache:
         task=args.task or "transcribe",
         val_fraction=1.0,
         augment_copies=0,
+        max_window_regions=1,  # short-form: each utterance alone; long-form: the recordings kept whole
         text_from_name=args.text_from_name,
         label_from_name=args.label_from_name,
         exclude_labels=list(args.exclude_labels),
@@ -194,19 +218,22 @@ def alignment_text(reference: str, hypothesis: str) -> str:
 
 
 def run_evaluation(args: EvaluateArguments) -> dict[str, Any]:
-    """Score the base and (if given) the adapter on the same utterances; write and return the results."""
+    """Score the base and (if given) the adapter, merged into it, on the same utterances and whole
+    recordings, and the CTranslate2 export if given; write and return the results."""
     from transformers import WhisperTokenizerFast
 
     args.validate()
     precision = resolve_precision(args.precision)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     utterances = load_utterances(args)
+    recordings = cached_recordings(utterances.recordings) if args.long_form else []
     tokenizer = WhisperTokenizerFast.from_pretrained(args.model)
     candidates = {"base": None, **({"adapter": args.adapter} if args.adapter else {})}
     hypotheses: dict[str, list[str]] = {}
+    long_form: dict[str, list[list[Span]]] = {}
     for name, adapter in candidates.items():
         model = (
-            load_trained(Path(args.model), Path(adapter), precision=precision)
+            load_trained(Path(args.model), Path(adapter), precision=precision, merge=True)
             if adapter
             else load_base_model(Path(args.model), precision=precision)
         )
@@ -219,68 +246,78 @@ def run_evaluation(args: EvaluateArguments) -> dict[str, Any]:
             tokenizer=tokenizer,
             label=name,
         )
+        if recordings:
+            long_form[name] = transcribe_cached(
+                model,
+                utterances.recordings,
+                tokenizer=tokenizer,
+                task=utterances.task,
+                max_new_tokens=args.long_form_max_new_tokens,
+                label=name,
+            )
         del model
         gc.collect()
+    if args.ctranslate2:
+        hypotheses["ctranslate2"], long_form["ctranslate2"] = _ctranslate2(args, utterances, recordings)
     results = _results(args, utterances, hypotheses, precision)
-    if args.annotations and args.long_form:
-        results["long_form"] = _long_form(args, utterances.language, utterances.task, Path(args.output_dir))
+    if recordings:
+        results["long_form"] = {
+            name: score_long_form(recordings, outputs) for name, outputs in long_form.items()
+        }
+        _write_long_form(Path(args.output_dir), recordings, long_form)
     _write(Path(args.output_dir), results, utterances, hypotheses)
     return results
 
 
-def _long_form(args: EvaluateArguments, language: str, task: str, output_dir: Path) -> dict[str, Any] | None:
-    """Each model on the export's whole recordings, through `transcribe`'s own transcribers; None when
-    no recording is longer than a window or holds several utterances (the short-form score says it all)."""
-    from whisper_pipeline.inference.longform import Span, is_long_form, read_recordings, score_long_form
+def _ctranslate2(
+    args: EvaluateArguments, utterances: Utterances, recordings: Sequence[LongRecording]
+) -> tuple[list[str], list[list[Span]]]:
+    """The export through faster-whisper (`transcribe`'s own transcriber): it takes audio, not the cache's
+    features, so each recording is read and decoded again; its utterances are cut from it as prepare cut
+    them, and the long-form ones transcribed whole."""
     from whisper_pipeline.inference.transcribe import (
         TranscribeArguments,
         ctranslate2_transcriber,
-        transformers_transcriber,
+        read_audio,
+        resolve_inputs,
     )
-    from whisper_pipeline.prepare.run import read_annotations
-    from whisper_pipeline.prepare.sources import S3Access, S3Settings
 
-    s3 = S3Access(S3Settings.from_env(os.environ))
-    raw = read_annotations(args.annotations, s3)
-    settings = AnnotationSettings(args.text_from_name, args.label_from_name, tuple(args.exclude_labels))
-    recordings = read_recordings(raw, settings, local_files_root=args.local_files_root, s3=s3)
-    if not any(is_long_form(recording) for recording in recordings):
-        return None
-    chosen = [recording for recording in recordings if is_long_form(recording) or recording.noise_only]
-    clips = [recording for recording in recordings if not (is_long_form(recording) or recording.noise_only)]
-    models = {"base": (args.model, None), "adapter": (args.model, args.adapter)}
-    models = {name: model for name, model in models.items() if name == "base" or model[1]}
-    if args.ctranslate2:
-        models["ctranslate2"] = (args.ctranslate2, None)
-    scores, records = {}, []
-    for name, (model, adapter) in models.items():
-        options = TranscribeArguments(
-            model=model,
-            adapter=adapter,
-            task=task,
-            precision=args.precision,
-            max_new_tokens=args.long_form_max_new_tokens,
-        )
-        make = ctranslate2_transcriber if name == "ctranslate2" else transformers_transcriber
-        transcribe = make(Path(model), options, language)
-        outputs = []
-        for recording in tqdm(chosen, desc=f"long-form {name}", unit="recording"):
-            (transcript,) = transcribe([(recording.uri, recording.samples)])
-            outputs.append([Span(s.start, s.end, s.text) for s in transcript.segments])
-            records.append({"model": name, "audio": recording.uri, "reference": recording.reference,
-                            "segments": [vars(span) for span in outputs[-1]]})  # fmt: skip
-        scores[name] = score_long_form(chosen, outputs)
-        if name == "ctranslate2" and clips:
-            # faster-whisper cannot take the cache's features: its short-form score is that of the export's
-            # single-window clips, each transcribed whole
-            texts = [transcribe([(clip.uri, clip.samples)])[0].text for clip in clips]
-            scores[name]["short_form"] = score([clip.reference for clip in clips], texts)
-        del transcribe
-        gc.collect()
+    options = TranscribeArguments(
+        model=args.ctranslate2, task=utterances.task, max_new_tokens=args.long_form_max_new_tokens
+    )
+    transcribe = ctranslate2_transcriber(Path(args.ctranslate2), options, utterances.language)
+    uris = sorted({source["audio_uri"] for source in utterances.sources} | {r.uri for r in recordings})
+    refs, client = resolve_inputs(uris, Path(args.local_files_root) if args.local_files_root else None)
+    texts: dict[int, str] = {}
+    whole: dict[str, list[Span]] = {}
+    for uri, samples in tqdm(
+        read_audio(uris, refs, client), total=len(uris), desc="ctranslate2", unit="file"
+    ):
+        for i, source in enumerate(utterances.sources):
+            if source["audio_uri"] == uri:
+                clip = cut(samples, source["start"], source["end"])
+                texts[i] = transcribe([(uri, clip)])[0].text
+        if any(recording.uri == uri for recording in recordings):
+            (transcript,) = transcribe([(uri, samples)])
+            whole[uri] = [Span(s.start, s.end, s.text) for s in transcript.segments]
+    return [texts[i] for i in range(len(utterances.sources))], [whole[r.uri] for r in recordings]
+
+
+def _write_long_form(
+    output_dir: Path, recordings: Sequence[LongRecording], outputs: dict[str, list[list[Span]]]
+) -> None:
+    """long_form.jsonl: each model's segments of each whole recording, beside its reference."""
     output_dir.mkdir(parents=True, exist_ok=True)
     with open(output_dir / "long_form.jsonl", "w", encoding="utf-8") as handle:
-        handle.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
-    return scores
+        for name, segments_by_recording in outputs.items():
+            for recording, segments in zip(recordings, segments_by_recording, strict=True):
+                record = {
+                    "model": name,
+                    "audio": recording.uri,
+                    "reference": recording.reference,
+                    "segments": [vars(span) for span in segments],
+                }
+                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
 def _results(

@@ -19,23 +19,19 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jiwer
 import numpy as np
 
-from whisper_pipeline.constants import CHUNK_SECONDS, SAMPLE_RATE
-from whisper_pipeline.errors import PipelineError
-from whisper_pipeline.prepare.annotations import AnnotationSettings, RegionKind, load_export, parse_export
-from whisper_pipeline.prepare.audio import AudioDecodeError, decode_audio
-from whisper_pipeline.prepare.sources import (
-    AudioSourceError,
-    S3Access,
-    read_bytes,
-    resolve_audio_uri,
-)
+from whisper_pipeline.constants import HOP_LENGTH, N_FRAMES, SAMPLE_RATE
+from whisper_pipeline.prepare.features import pad_features
+from whisper_pipeline.prepare.windows import Utterance, is_long_form
 from whisper_pipeline.train.metrics import normalize_for_scoring, score
+
+if TYPE_CHECKING:
+    import datasets
+    import torch
 
 COVERED_SHARE = 0.5  # an utterance counts as covered when at least this share of it is under segments
 LOOP_NGRAM, LOOP_REPEATS = 3, 3
@@ -43,62 +39,123 @@ LOOP_NGRAM, LOOP_REPEATS = 3, 3
 
 @dataclass(frozen=True)
 class Span:
+    """A predicted segment."""
+
     start: float
     end: float
     text: str
 
 
-@dataclass(frozen=True, eq=False)  # samples: an array has no single truth value to compare by
+@dataclass(frozen=True)
 class LongRecording:
-    """A recording of the held-out export, whole: its annotated speech, or none (noise only)."""
+    """A held-out recording, whole: its annotated speech, or none (noise only)."""
 
     uri: str
-    samples: np.ndarray
-    utterances: tuple[Span, ...]
+    duration: float
+    utterances: tuple[Utterance, ...]
 
     @property
     def noise_only(self) -> bool:
         return not self.utterances
 
     @property
+    def long_form(self) -> bool:
+        return is_long_form(self.duration, self.utterances)
+
+    @property
     def reference(self) -> str:
         return " ".join(utterance.text for utterance in self.utterances)
 
 
-def is_long_form(recording: LongRecording) -> bool:
-    """What the short-form score cannot show: over one window, or several utterances in one."""
-    return len(recording.samples) > CHUNK_SECONDS * SAMPLE_RATE or len(recording.utterances) > 1
-
-
-def read_recordings(
-    raw_export: bytes,
-    settings: AnnotationSettings,
+def generate_segments(
+    model,
+    input_features: torch.Tensor,
+    attention_mask: torch.Tensor,
     *,
-    local_files_root: str | None,
-    s3: S3Access,
-) -> list[LongRecording]:
-    """Every task of the export with transcribed speech or only excluded (noise) regions, decoded whole."""
-    parsed = parse_export(load_export(raw_export), settings)
-    root = Path(local_files_root) if local_files_root else None
-    recordings = []
-    for task in parsed.tasks:
-        kinds = {region.kind for region in task.regions}
-        if RegionKind.UNTRANSCRIBED in kinds or not kinds & {RegionKind.SPEECH, RegionKind.EXCLUDED}:
-            continue  # speech without text cannot be scored
-        try:
-            ref = resolve_audio_uri(
-                task.audio_uri, default_bucket=s3.settings.bucket_name, local_files_root=root
-            )
-            samples = decode_audio(read_bytes(ref, s3.client() if ref.kind == "s3" else None, s3.stats))
-        except (AudioSourceError, AudioDecodeError) as error:
-            raise PipelineError(f"long-form evaluation cannot read {task.audio_uri}: {error}") from None
-        utterances = tuple(
-            Span(region.start, region.end, region.text)
-            for region in task.regions
-            if region.kind is RegionKind.SPEECH
+    tokenizer,
+    task: str,
+    num_beams: int = 1,
+    max_new_tokens: int | None = None,
+    prompt_ids: torch.Tensor | None = None,
+) -> list[list[Span]]:
+    """transformers' own Whisper long-form generation (inputs over 3000 frames: window after window, each
+    from the last timestamp of the one before), each input's segments with their times in seconds."""
+    import torch
+
+    options = {"max_new_tokens": max_new_tokens} if max_new_tokens else {}
+    if prompt_ids is not None:
+        options["prompt_ids"] = prompt_ids
+    with torch.inference_mode():
+        generated = model.generate(
+            input_features,
+            attention_mask=attention_mask,
+            task=task,
+            num_beams=num_beams,
+            return_timestamps=True,
+            return_segments=True,
+            **options,
         )
-        recordings.append(LongRecording(task.audio_uri, samples, utterances))
-    return recordings
+    return [
+        [
+            Span(float(s["start"]), float(s["end"]), tokenizer.decode(s["tokens"], skip_special_tokens=True))
+            for s in segments
+        ]
+        for segments in generated["segments"]
+    ]
+
+
+def cached_recordings(rows: datasets.Dataset) -> list[LongRecording]:
+    """The WHOLE_RECORDING rows of a cache split as recordings."""
+    return [
+        LongRecording(
+            uri,
+            end,
+            tuple(Utterance(u["start"], u["end"], u["text"]) for u in utterances),
+        )
+        for uri, end, utterances in zip(rows["audio_uri"], rows["end"], rows["utterances"], strict=True)
+    ]
+
+
+def transcribe_cached(
+    model, rows: datasets.Dataset, *, tokenizer, task: str, max_new_tokens: int | None, label: str
+) -> list[list[Span]]:
+    """Each WHOLE_RECORDING row transcribed from its cached log-mel, as `transcribe` would transcribe the
+    recording's audio with this model (one at a time: no padding between recordings)."""
+    import torch
+    from tqdm.auto import tqdm
+
+    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
+    outputs = []
+    for row in tqdm(rows, desc=f"long-form {label}", unit="recording", leave=False):
+        frames = np.asarray(row["input_features"])
+        features = pad_features(frames, row["pad_value"], max(N_FRAMES, len(frames)))
+        mask = np.zeros(features.shape[1], dtype=np.int64)
+        mask[: -(-round(row["end"] * SAMPLE_RATE) // HOP_LENGTH)] = 1  # the frames the audio's samples start
+        (segments,) = generate_segments(
+            model,
+            torch.from_numpy(features)[None].to(device=device, dtype=dtype),
+            torch.from_numpy(mask)[None].to(device),
+            tokenizer=tokenizer,
+            task=task,
+            max_new_tokens=max_new_tokens,
+        )
+        outputs.append(within_recording(segments, row["end"]))
+    return outputs
+
+
+def within_recording(segments: Sequence[Span], duration: float) -> list[Span]:
+    """Segments with text, their times within the recording (see `clamp_time`)."""
+    return [
+        Span(clamp_time(s.start, duration), clamp_time(max(s.end, s.start), duration), s.text.strip())
+        for s in segments
+        if s.text.strip()
+    ]
+
+
+def clamp_time(seconds: float, duration: float) -> float:
+    """A predicted time within the recording: a model's last timestamp may name the end of its 30 s
+    window, past the end of a shorter file."""
+    return round(min(max(seconds, 0.0), duration), 2)
 
 
 def score_long_form(recordings: Sequence[LongRecording], outputs: Sequence[Sequence[Span]]) -> dict[str, Any]:
@@ -128,7 +185,7 @@ def score_long_form(recordings: Sequence[LongRecording], outputs: Sequence[Seque
     return scores
 
 
-def _covered(utterance: Span, segments: Sequence[Span]) -> bool:
+def _covered(utterance: Utterance, segments: Sequence[Span]) -> bool:
     """At least COVERED_SHARE of the utterance under the union of the segments."""
     under = 0.0
     reached = utterance.start
@@ -140,7 +197,7 @@ def _covered(utterance: Span, segments: Sequence[Span]) -> bool:
     return under >= COVERED_SHARE * (utterance.end - utterance.start)
 
 
-def _boundary_error(utterance: Span, segments: Sequence[Span]) -> float | None:
+def _boundary_error(utterance: Utterance, segments: Sequence[Span]) -> float | None:
     """Mean |start - start'| and |end - end'| against the segment that overlaps the utterance most."""
     overlaps = [(min(s.end, utterance.end) - max(s.start, utterance.start), s) for s in segments]
     overlap, best = max(overlaps, key=lambda pair: pair[0], default=(0.0, None))
@@ -154,3 +211,22 @@ def has_loop(text: str) -> bool:
     words = normalize_for_scoring(text).split()
     grams = Counter(tuple(words[i : i + LOOP_NGRAM]) for i in range(len(words) - LOOP_NGRAM + 1))
     return any(count >= LOOP_REPEATS for count in grams.values())
+
+
+def score_adapter_and_base(
+    model, rows: datasets.Dataset, *, tokenizer, task: str, max_new_tokens: int | None
+) -> dict[str, dict[str, Any]] | None:
+    """A PEFT model's long-form scores on the WHOLE_RECORDING rows of `rows`, beside those of its base (the
+    adapter disabled); None when there are none. The end of training's view of what users deploy."""
+    from whisper_pipeline.cache import whole_recordings
+
+    whole = whole_recordings(rows)
+    if not len(whole):
+        return None
+    recordings = cached_recordings(whole)
+    options = {"tokenizer": tokenizer, "task": task, "max_new_tokens": max_new_tokens}
+    model.eval()
+    with model.disable_adapter():
+        base = transcribe_cached(model, whole, **options, label="base")
+    adapter = transcribe_cached(model, whole, **options, label="adapter")
+    return {"base": score_long_form(recordings, base), "adapter": score_long_form(recordings, adapter)}

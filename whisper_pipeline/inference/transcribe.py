@@ -11,9 +11,10 @@ Audio longer than 30 s is transcribed the way OpenAI's Whisper does it, in both 
 of 30 s, each starting where the last complete segment of the previous one ended, every segment with its
 timestamps (transformers' own long-form generate, not the ASR pipeline's overlapping chunks, which it calls
 experimental for Whisper). Decoding is deterministic: greedy by default (--beam-size for beam search),
-temperature 0 without fallback, no conditioning on the previous window, no voice-activity filter or
-no-speech skipping, so both runtimes decode alike; their transcripts still differ where the CTranslate2 export
-is quantized, or where faster-whisper's zero-padded log-mel of a short last window tips a near-tie.
+temperature 0 without fallback, no conditioning on the previous window, no voice-activity filter, so both
+runtimes decode alike (a window judged without speech gives no text in both: see FASTER_WHISPER_DECODING);
+their transcripts still differ where the CTranslate2 export is quantized, or where faster-whisper's
+zero-padded log-mel of a short last window tips a near-tie.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from tqdm.auto import tqdm
 from whisper_pipeline.config import parse_config
 from whisper_pipeline.constants import N_FRAMES, SAMPLE_RATE
 from whisper_pipeline.errors import ConfigError, ModelError, PipelineError, exit_on_user_error
+from whisper_pipeline.inference.longform import clamp_time, generate_segments
 from whisper_pipeline.prepare.audio import AudioDecodeError, decode_audio
 from whisper_pipeline.prepare.sources import (
     AudioRef,
@@ -198,15 +200,19 @@ def read_audio(uris: Sequence[str], refs: Sequence[AudioRef], client) -> Iterato
 
 
 # faster-whisper decoding as transformers' `generate` does it by default: one pass at temperature 0, no
-# fallback, no conditioning on the previous window's text, no VAD or no-speech skipping.
+# fallback, no conditioning on the previous window's text, no VAD. One rule stays faster-whisper's own (its
+# defaults): a window whose no-speech probability is over 0.6 and whose text averages a log-probability
+# under -1 is dropped. faster-whisper suppresses the no-speech token while decoding (as OpenAI's Whisper
+# does), so this rule is how it uses what the no-speech examples taught; transformers lets the model emit
+# the token, which decodes to no text.
 FASTER_WHISPER_DECODING = {
     "best_of": 1,
     "temperature": 0.0,
     "condition_on_previous_text": False,
     "vad_filter": False,
     "compression_ratio_threshold": None,
-    "log_prob_threshold": None,
-    "no_speech_threshold": None,
+    "log_prob_threshold": -1.0,
+    "no_speech_threshold": 0.6,
 }
 
 
@@ -270,10 +276,8 @@ def transformers_transcriber(model_dir: Path, args: TranscribeArguments, languag
     processor_dir = adapter_dir if adapter_dir and (adapter_dir / "tokenizer.json").is_file() else model_dir
     feature_extractor = WhisperFeatureExtractor.from_pretrained(str(processor_dir))
     tokenizer = WhisperTokenizerFast.from_pretrained(str(processor_dir))
-    prompt = (
-        {"prompt_ids": tokenizer.get_prompt_ids(args.initial_prompt, return_tensors="pt")}
-        if args.initial_prompt
-        else {}
+    prompt_ids = (
+        tokenizer.get_prompt_ids(args.initial_prompt, return_tensors="pt") if args.initial_prompt else None
     )
 
     def transcribe(batch: list[tuple[str, np.ndarray]]) -> list[Transcript]:
@@ -290,32 +294,19 @@ def transformers_transcriber(model_dir: Path, args: TranscribeArguments, languag
             features = feature_extractor(
                 audio, sampling_rate=SAMPLE_RATE, return_attention_mask=True, return_tensors="pt"
             )
-        with torch.inference_mode():
-            generated = model.generate(
-                features.input_features.to(device=device, dtype=dtype),
-                attention_mask=features.attention_mask.to(device),
-                task=args.task,
-                num_beams=args.beam_size,
-                return_timestamps=True,
-                return_segments=True,
-                **prompt,
-                **({"max_new_tokens": args.max_new_tokens} if args.max_new_tokens else {}),
-            )
+        generated = generate_segments(
+            model,
+            features.input_features.to(device=device, dtype=dtype),
+            features.attention_mask.to(device),
+            tokenizer=tokenizer,
+            task=args.task,
+            num_beams=args.beam_size,
+            max_new_tokens=args.max_new_tokens,
+            prompt_ids=prompt_ids,
+        )
         return [
-            _transcript(
-                uri,
-                samples,
-                language,
-                [
-                    Segment(
-                        float(s["start"]),
-                        float(s["end"]),
-                        tokenizer.decode(s["tokens"], skip_special_tokens=True),
-                    )
-                    for s in segments
-                ],
-            )
-            for (uri, samples), segments in zip(batch, generated["segments"], strict=True)
+            _transcript(uri, samples, language, [Segment(s.start, s.end, s.text) for s in segments])
+            for (uri, samples), segments in zip(batch, generated, strict=True)
         ]
 
     return transcribe
@@ -327,15 +318,12 @@ def _first_line(error: BaseException) -> str:
 
 
 def _transcript(uri: str, samples: np.ndarray, language: str | None, segments: list[Segment]) -> Transcript:
-    """Segments with text, their times within the recording: a model's last timestamp may name the end of
-    its 30 s window, past the end of a shorter file."""
+    """Segments with text, their times within the recording (see longform.clamp_time)."""
     duration = round(len(samples) / SAMPLE_RATE, 3)
-
-    def within(seconds: float) -> float:
-        return round(min(max(seconds, 0.0), duration), 2)
-
     kept = [
-        Segment(within(s.start), within(max(s.end, s.start)), s.text.strip(), s.words)
+        Segment(
+            clamp_time(s.start, duration), clamp_time(max(s.end, s.start), duration), s.text.strip(), s.words
+        )
         for s in segments
         if s.text.strip()
     ]

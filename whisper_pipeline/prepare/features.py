@@ -125,18 +125,20 @@ class LogMelFeaturizer:
             )
         )
 
-    def log_mel(self, samples: np.ndarray) -> tuple[np.ndarray, np.float32]:
+    def log_mel(self, samples: np.ndarray, *, whole: bool = False) -> tuple[np.ndarray, np.float32]:
         """16 kHz mono samples (at most 30 s) -> float32 [num_frames, n_mels] of the frames that hold audio,
-        and the value of every later frame."""
-        if samples.ndim != 1 or len(samples) > N_SAMPLES:
+        and the value of every later frame. With `whole`, audio of any length as Whisper's long-form input:
+        the log-mel of the whole recording (the extractor with `truncation=False`), zero-padded to 30 s."""
+        if samples.ndim != 1 or (len(samples) > N_SAMPLES and not whole):
             raise ValueError(f"expected mono audio of at most {N_SAMPLES} samples, got shape {samples.shape}")
         half = N_FFT // 2
-        num_frames = min(N_FRAMES, math.ceil((len(samples) + half) / HOP_LENGTH))
+        input_samples = max(len(samples), N_SAMPLES)
+        num_frames = min(input_samples // HOP_LENGTH, math.ceil((len(samples) + half) / HOP_LENGTH))
         reach = (num_frames - 1) * HOP_LENGTH + half  # samples of the padded input the last frame reaches
-        padded = np.zeros(min(reach, N_SAMPLES), dtype=np.float32)
-        padded[: len(samples)] = samples
-        # the STFT's own centring: reflect at the start, and at the end only when the audio fills 30 s
-        padded = np.pad(padded, (half, max(0, reach - N_SAMPLES)), mode="reflect")
+        padded = np.zeros(min(reach, input_samples), dtype=np.float32)
+        padded[: min(len(samples), reach)] = samples[:reach]  # a long recording's last samples reach no frame
+        # the STFT's own centring: reflect at the start, and at the end only when the audio fills the input
+        padded = np.pad(padded, (half, max(0, reach - input_samples)), mode="reflect")
         frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[::HOP_LENGTH]
         from scipy import fft  # slow to import: the main process of prepare_data.py only builds this
 
@@ -148,9 +150,10 @@ class LogMelFeaturizer:
         pad_value = (np.maximum(self._silent_log_mel, floor) + np.float32(4.0)) / np.float32(4.0)
         return frames_out, pad_value
 
-    def compute(self, samples: np.ndarray) -> CompactFeatures:
-        """16 kHz mono samples (at most 30 s; segment longer audio first) -> the frames that hold audio."""
-        frames, pad_value = self.log_mel(samples)
+    def compute(self, samples: np.ndarray, *, whole: bool = False) -> CompactFeatures:
+        """16 kHz mono samples (at most 30 s, or with `whole` a recording of any length, see `log_mel`) ->
+        the frames that hold audio."""
+        frames, pad_value = self.log_mel(samples, whole=whole)
         return CompactFeatures(frames=frames.astype(np.float16), pad_value=float(pad_value))
 
 

@@ -26,6 +26,7 @@ def recording_meta(work: RecordingWork, outcome: RecordingOutcome) -> dict[str, 
         "windows": outcome.windows,
         "augmented_rows": outcome.augmented_rows,
         "no_speech_rows": outcome.no_speech_rows,
+        "whole_recordings": outcome.whole_recordings,
         "audio_seconds": round(outcome.audio_seconds, 3),
         "failed": outcome.failed,
         "skips": [asdict(skip) for skip in outcome.skips],
@@ -78,6 +79,7 @@ def build_report(
         "examples": per_split("rows"),
         "augmented_examples": sum(r.meta["augmented_rows"] for r in results.values()),
         "no_speech_examples": per_split("no_speech_rows"),
+        "whole_recordings": per_split("whole_recordings")[VALIDATION],
         "transfers": {
             "objects": run.s3.stats.objects,
             "bytes": run.s3.stats.bytes,
@@ -120,6 +122,8 @@ def format_summary(summary: PrepareSummary) -> str:
     lines += [
         f"  augmented    {report['augmented_examples']} examples",
         f"  no-speech    {sum(report['no_speech_examples'].values())} examples (excluded audio, no text)",
+        f"  long-form    {report['whole_recordings']} validation recordings kept whole (transcribed at the "
+        "end of training)",
         f"  skips        {sum(skips.values())}"
         + (": " + ", ".join(f"{reason} {count}" for reason, count in skips.items()) if skips else ""),
         f"  speed        {report['elapsed_seconds']:.1f} s, "

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from whisper_pipeline.cache import (
     FORMAT_VERSION,
     TRAIN,
+    VALIDATION,
     CacheBuilder,
     CacheLayout,
     PreviousRecording,
@@ -46,6 +47,7 @@ from whisper_pipeline.prepare.annotations import (
     ParsedExport,
     RegionKind,
     Skip,
+    Task,
     load_export,
     parse_export,
 )
@@ -69,7 +71,7 @@ from whisper_pipeline.prepare.sources import (
     scan,
     stat_all,
 )
-from whisper_pipeline.prepare.windows import Window, assign_splits, pack_windows
+from whisper_pipeline.prepare.windows import Utterance, Window, assign_splits, pack_windows
 from whisper_pipeline.prepare.worker import RecordingOutcome, RecordingWork, WorkerSetup
 
 EXIT_TOO_MANY_FAILURES = 1
@@ -113,6 +115,13 @@ class PrepareArguments:
     num_workers: int = field(default=0, metadata={"help": "Feature worker processes (0 = CPU cores)."})
     download_concurrency: int = field(default=16, metadata={"help": "Concurrent audio downloads."})
     max_window_seconds: float = field(default=CHUNK_SECONDS, metadata={"help": "Longest window (<= 30 s)."})
+    max_window_regions: int | None = field(
+        default=None,
+        metadata={
+            "help": "Most speech regions packed into one window (default: as many as fit; 1: each region "
+            "alone, how evaluate scores held-out utterances)."
+        },
+    )
     noise_examples: bool = field(
         default=True,
         metadata={
@@ -130,6 +139,8 @@ class PrepareArguments:
             raise ConfigError(f"--val-fraction must be in [0, 1], got {self.val_fraction}")
         if self.augment_copies < 0:
             raise ConfigError(f"--augment-copies must be >= 0, got {self.augment_copies}")
+        if self.max_window_regions is not None and self.max_window_regions < 1:
+            raise ConfigError(f"--max-window-regions must be >= 1, got {self.max_window_regions}")
         if not 0 < self.max_window_seconds <= CHUNK_SECONDS:
             raise ConfigError(
                 f"--max-window-seconds must be in (0, {CHUNK_SECONDS}], got {self.max_window_seconds}"
@@ -428,12 +439,20 @@ def _plan(run: PrepareRun) -> WorkPlan:
     and its work keyed by what shapes its rows."""
     encoder = LabelEncoder.from_pretrained(run.model_dir, run.args.language, run.args.task)
     windows_by_uri, window_skips = _plan_windows(run.inputs, encoder, run.args)
+    utterances_by_uri = _utterances(run.inputs.parsed.tasks)
     unavailable = [skip for skip in run.inputs.unavailable if skip.audio_uri in windows_by_uri]
     infos = {uri: info for uri, info in run.inputs.infos.items() if uri in windows_by_uri}
     splits = assign_splits(infos, seed=run.args.seed, val_fraction=run.args.val_fraction)
     works = {
         uri: _recording_work(
-            uri, splits[uri], windows_by_uri[uri], infos[uri], run.settings, run.args, encoder.timestamp_ids
+            uri,
+            splits[uri],
+            windows_by_uri[uri],
+            infos[uri],
+            run.settings,
+            run.args,
+            encoder.timestamp_ids,
+            utterances_by_uri[uri] if splits[uri] == VALIDATION else None,
         )
         for uri in sorted(infos)
     }
@@ -471,12 +490,33 @@ def _plan_windows(
     for task in inputs.parsed.tasks:
         if task.audio_uri in inputs.refs:
             windows, window_skips = pack_windows(
-                task, encoder, max_seconds=args.max_window_seconds, no_speech=args.noise_examples
+                task,
+                encoder,
+                max_seconds=args.max_window_seconds,
+                max_regions=args.max_window_regions,
+                no_speech=args.noise_examples,
             )
             skips.extend(window_skips)
             if windows:
                 windows_by_uri.setdefault(task.audio_uri, []).extend(windows)
     return windows_by_uri, skips
+
+
+def _utterances(tasks: Sequence[Task]) -> dict[str, tuple[Utterance, ...] | None]:
+    """Each recording's transcribed speech in time order, or None where some of its speech has no text (a
+    whole transcript could not be scored against it)."""
+    utterances: dict[str, tuple[Utterance, ...] | None] = {}
+    for task in tasks:
+        kinds = {region.kind for region in task.regions}
+        spoken = tuple(
+            Utterance(region.start, region.end, region.text)
+            for region in task.regions
+            if region.kind is RegionKind.SPEECH
+        )
+        known = utterances.get(task.audio_uri, ())
+        complete = RegionKind.UNTRANSCRIBED not in kinds and known is not None
+        utterances[task.audio_uri] = tuple(sorted(known + spoken)) if complete else None
+    return utterances
 
 
 def _build_recordings(
@@ -595,6 +635,7 @@ def _recording_work(
     settings: Mapping[str, Any],
     args: PrepareArguments,
     timestamp_ids: tuple[int, ...],
+    utterances: tuple[Utterance, ...] | None,
 ) -> RecordingWork:
     """One recording's work, keyed by exactly what shapes its rows: a changed setting that does not touch
     it (augmentation for a validation recording, another recording's audio) leaves it reusable."""
@@ -608,9 +649,10 @@ def _recording_work(
             "windows": [vars(window) for window in windows],  # as asdict gives them, without its deep copies
             "copies": copies,
             "augmentation": {"settings": settings["augmentation"], "seed": args.seed} if copies else None,
+            "utterances": utterances,
         }
     )
-    return RecordingWork(key, uri, split, tuple(windows), copies, timestamp_ids)
+    return RecordingWork(key, uri, split, tuple(windows), copies, timestamp_ids, utterances)
 
 
 def _check_model_dir(model_dir: Path) -> None:

@@ -8,7 +8,7 @@ untranscribed region, whose speech would teach the model to drop words.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -42,6 +42,21 @@ class Window:
         return self.end - self.start
 
 
+class Utterance(NamedTuple):
+    """An annotated speech region of a recording, what a long-form transcript is scored against."""
+
+    start: float
+    end: float
+    text: str
+
+
+def is_long_form(seconds: float, utterances: Sequence[Utterance]) -> bool:
+    """A recording whose whole transcript says what single windows cannot: longer than one window, or
+    several utterances in one (the long-form algorithm's seeking and segmenting), or none at all (noise
+    only: whatever is written there is hallucinated)."""
+    return seconds > CHUNK_SECONDS or len(utterances) != 1
+
+
 class _Span(NamedTuple):
     """A window before its id and previous text are known (sorted by time)."""
 
@@ -58,6 +73,7 @@ def pack_windows(
     *,
     max_seconds: float = CHUNK_SECONDS,
     max_tokens: int = MAX_TARGET_POSITIONS,
+    max_regions: int | None = None,
     no_speech: bool = True,
 ) -> tuple[list[Window], list[Skip]]:
     """A task's windows, in time order: its speech regions greedily packed within both limits (a segment
@@ -74,6 +90,7 @@ def pack_windows(
         start, end = group[0].start, max(member.end for member in group)
         return (
             end - start <= max_seconds
+            and (max_regions is None or len(group) <= max_regions)
             and not any(other.start < end and other.end > start for other in untranscribed)
             and encoder.label_length([len(tokens[member.region_id]) for member in group]) <= max_tokens
         )

@@ -17,13 +17,13 @@ from typing import Any
 
 import numpy as np
 
-from whisper_pipeline.cache import ShardStore, encode_shard
+from whisper_pipeline.cache import WHOLE_RECORDING, ShardStore, encode_shard
 from whisper_pipeline.constants import CHUNK_SECONDS, SAMPLE_RATE
 from whisper_pipeline.prepare.annotations import Skip
 from whisper_pipeline.prepare.audio import AudioDecodeError, cut, decode_audio
 from whisper_pipeline.prepare.augment import AugmentationSettings, augment, augmentation_seed
 from whisper_pipeline.prepare.features import LogMelFeaturizer
-from whisper_pipeline.prepare.windows import Window
+from whisper_pipeline.prepare.windows import Utterance, Window, is_long_form
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,9 @@ class RecordingWork:
     windows: tuple[Window, ...]
     copies: int
     timestamp_ids: tuple[int, ...]  # <|0.00|> ... <|30.00|>: time-stretched copies move their segments
+    # a validation recording all of whose speech is transcribed: its utterances, for a WHOLE_RECORDING row
+    # when it is long-form (see windows.is_long_form); None: no such row
+    utterances: tuple[Utterance, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,7 @@ class RecordingOutcome:
     audio_seconds: float  # clean window seconds that made it into the cache
     failed: bool  # the recording as a whole could not be used
     no_speech_rows: int = 0  # rows whose target is the no-speech token
+    whole_recordings: int = 0  # WHOLE_RECORDING rows (0 or 1)
 
 
 _state: dict[str, Any] = {}
@@ -78,13 +82,15 @@ def process_recording(work: RecordingWork, data: bytes) -> RecordingOutcome:
         skip = Skip(error.reason, work.windows[0].task_id, work.audio_uri, str(error))
         return RecordingOutcome(0, 0, 0, [skip], 0.0, failed=True)
     rows, skips, seconds = recording_rows(work, samples)
+    windows = [row for row in rows if row["augmentation"] != WHOLE_RECORDING]
     if rows:
         _state["store"].write_rows(work.key, encode_shard(rows))
     return RecordingOutcome(
         rows=len(rows),
-        windows=len({row["segment_id"] for row in rows}),
-        augmented_rows=sum(1 for row in rows if row["augmentation"]),
-        no_speech_rows=sum(1 for row in rows if not row["text"]),
+        windows=len({row["segment_id"] for row in windows}),
+        augmented_rows=sum(1 for row in windows if row["augmentation"]),
+        no_speech_rows=sum(1 for row in windows if not row["text"]),
+        whole_recordings=len(rows) - len(windows),
         skips=skips,
         audio_seconds=seconds,
         failed=not rows,
@@ -132,9 +138,32 @@ def recording_rows(
                     "end": window.end,
                     "augmentation": copy_index,
                     "recording_key": work.key,
+                    "utterances": [],
                 }
             )
+    if rows and work.utterances is not None and is_long_form(len(samples) / SAMPLE_RATE, work.utterances):
+        rows.append(_whole_recording_row(work, samples, setup.featurizer))
     return rows, skips, seconds
+
+
+def _whole_recording_row(work: RecordingWork, samples: np.ndarray, featurizer) -> dict[str, Any]:
+    """The recording as users transcribe it: the log-mel of all of it, and what was said when."""
+    features = featurizer.compute(samples, whole=True)
+    return {
+        "input_features": features.frames,
+        "pad_value": features.pad_value,
+        "labels": [],
+        "previous_tokens": [],
+        "text": " ".join(utterance.text for utterance in work.utterances),
+        "audio_uri": work.audio_uri,
+        "task_id": work.windows[0].task_id,
+        "segment_id": f"{work.windows[0].task_id}:whole",
+        "start": 0.0,
+        "end": len(samples) / SAMPLE_RATE,
+        "augmentation": WHOLE_RECORDING,
+        "recording_key": work.key,
+        "utterances": [utterance._asdict() for utterance in work.utterances],
+    }
 
 
 def _stretched(

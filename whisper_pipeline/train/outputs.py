@@ -220,9 +220,26 @@ def format_summary(report: TrainingReport) -> str:
     ]
     if baseline and best.get("wer") is not None and best["wer"] >= baseline["wer"]:
         lines.append("  note         fine-tuning did not improve on the starting model's WER")
+    for name, scores in (metrics.get("long_form") or {}).items():
+        lines.append(f"  long-form    {name:<8} {_long_form_line(scores)}")
     lines += [
         f"  outputs      {out / ADAPTER_DIR}, {out / METRICS_FILE},",
         f"               {out / PREDICTIONS_FILE}, {out / CONFIG_FILE}",
         f"  tensorboard  tensorboard --logdir {out / 'runs'}",
     ]
     return "\n".join(lines)
+
+
+def _long_form_line(scores: Mapping[str, Any]) -> str:
+    """Whole validation recordings: what users deploy (see inference/longform.py)."""
+    parts = [f"{scores['recordings']} recordings"]
+    if scores["recordings"]:
+        error = scores["timestamp_error"]
+        parts += [
+            f"WER {100 * scores['wer']:.1f}%",
+            f"deletions {100 * scores['deletions']:.1f}%",
+            f"coverage {100 * scores['coverage']:.0f}%",
+            "timestamps n/a" if error is None else f"timestamps ±{error:.2f} s",
+        ]
+    parts.append(f"{scores['noise_words']} words on {scores['noise_recordings']} noise-only")
+    return ", ".join(parts)

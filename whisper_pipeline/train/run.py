@@ -26,6 +26,7 @@ from whisper_pipeline.cache import SOURCE_COLUMNS, PreparedCache, clean_rows, op
 from whisper_pipeline.config import parse_config
 from whisper_pipeline.constants import MAX_TARGET_POSITIONS
 from whisper_pipeline.errors import ConfigError, exit_on_user_error
+from whisper_pipeline.inference.longform import score_adapter_and_base
 from whisper_pipeline.train.batches import CacheRows
 from whisper_pipeline.train.metrics import SCORES, ComputeMetrics
 from whisper_pipeline.train.modeling import (
@@ -102,6 +103,17 @@ class DataArguments:
             "help": "Share of training examples conditioned on their recording's previous window "
             "(<|startofprev|> + its text, at most 224 tokens, not scored), as long-form decoding does."
         },
+    )
+    long_form: bool = field(
+        default=True,
+        metadata={
+            "help": "At the end, transcribe the validation recordings kept whole (longer than 30 s, several "
+            "utterances, or noise only) with Whisper's long-form algorithm, base and adapter, and score them."
+        },
+    )
+    long_form_max_new_tokens: int | None = field(
+        default=None,
+        metadata={"help": "Longest text of one 30 s window there (default: Whisper's limit)."},
     )
 
     def __post_init__(self) -> None:
@@ -397,6 +409,14 @@ def run_training(
     metrics = metrics_record(
         trainer.state, training_args.metric_for_best_model, train_output.metrics, best.metrics
     )
+    if trainer.is_world_process_zero() and data_args.long_form:
+        metrics["long_form"] = score_adapter_and_base(
+            trainer.model,
+            cache.validation,
+            tokenizer=processor.tokenizer,
+            task=task,
+            max_new_tokens=data_args.long_form_max_new_tokens,
+        )
     if trainer.is_world_process_zero():
         write_results(output_dir, trainer.model, processor, metrics, splits.validation_sources, best)
     trainer.accelerator.wait_for_everyone()
