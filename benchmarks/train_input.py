@@ -34,6 +34,7 @@ from whisper_pipeline.cache import open_cache
 from whisper_pipeline.constants import N_FRAMES
 from whisper_pipeline.demo.pretrained import ensure_pretrained
 from whisper_pipeline.prepare.run import PrepareArguments, run_prepare
+from whisper_pipeline.train import arguments as train_arguments
 from whisper_pipeline.train import run as training
 from whisper_pipeline.train.batches import BackgroundBatches, CacheRows, model_inputs
 from whisper_pipeline.train.trainer import BACKGROUND_STEPS, DecoderTokens, WhisperDataCollator
@@ -172,14 +173,14 @@ def training_step(model_dir: Path, batches: Iterator[dict[str, torch.Tensor]], s
     """whisper-base + a new LoRA adapter as train_model.py builds it, fp32 on this CPU: the FLOPs of one step
     (the warm-up) and the mean seconds of `steps` more."""
     arguments = (
-        training.DataArguments(),
-        training.ModelArguments(model=str(model_dir)),
-        training.LoraArguments(),
+        train_arguments.DataArguments(),
+        train_arguments.ModelArguments(model=str(model_dir)),
+        train_arguments.LoraArguments(),
     )
     model = training.build_model(*arguments, language=LANGUAGE, task="transcribe", precision="fp32")
     model.train()
     trained = [parameter for parameter in model.parameters() if parameter.requires_grad]
-    optimizer = torch.optim.AdamW(trained, lr=training.DEFAULT_LEARNING_RATE)
+    optimizer = torch.optim.AdamW(trained, lr=train_arguments.DEFAULT_LEARNING_RATE)
 
     def step() -> None:
         batch = model_inputs(next(batches), dtype=torch.float32, device="cpu")  # as WhisperTrainer does
@@ -205,8 +206,8 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     train = CacheRows(cache.train)  # as train.py's _splits gives it
     collator = WhisperDataCollator(  # as train_model.py makes it, with its defaults
         DecoderTokens.from_tokenizer(WhisperTokenizerFast.from_pretrained(model)),
-        timestamp_probability=training.DEFAULT_TIMESTAMP_PROBABILITY,
-        prompt_probability=training.DEFAULT_PROMPT_PROBABILITY,
+        timestamp_probability=train_arguments.DEFAULT_TIMESTAMP_PROBABILITY,
+        prompt_probability=train_arguments.DEFAULT_PROMPT_PROBABILITY,
     )
     batch, workers = args.batch_size, min(LOADER_WORKERS, CORES)
     load = partial(_loader, train, collator, batch)

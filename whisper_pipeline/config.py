@@ -1,7 +1,9 @@
 """Command-line + YAML/JSON configuration over typed dataclasses (HfArgumentParser).
 
 `python script.py [CONFIG.yaml] [--flags]`: the file gives values, the flags override them, and a key the
-dataclasses do not know is an error naming it (a typo must not be silently ignored).
+dataclasses do not know is an error naming it (a typo must not be silently ignored). A run's own record of
+its settings (a mapping with `arguments:` beside what the run resolved, as train_config.yaml) is read for its
+`arguments`: fed back, it repeats the run.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ from typing import Any
 import yaml
 from transformers import HfArgumentParser
 
+from whisper_pipeline.cli import PipelineArgumentParser
 from whisper_pipeline.errors import ConfigError
 
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
+RECORD_ARGUMENTS = "arguments"  # the key under which a run's record keeps the arguments it was given
 
 
 def load_config_file(path: Path) -> dict[str, Any]:
@@ -35,13 +39,19 @@ def load_config_file(path: Path) -> dict[str, Any]:
         return {}
     if not isinstance(values, dict):
         raise ConfigError(f"config file {path} must hold a mapping of setting: value")
+    if isinstance(values.get(RECORD_ARGUMENTS), dict):
+        values = values[RECORD_ARGUMENTS]
     return {str(key).replace("-", "_"): value for key, value in values.items()}
 
 
-def parse_config(dataclass_types: Sequence[type], argv: Sequence[str]) -> tuple[Any, ...]:
-    """Parse an optional leading config file, then flags, into one instance of each dataclass type."""
-    parser = HfArgumentParser(list(dataclass_types))
+def parse_config(
+    dataclass_types: Sequence[type], argv: Sequence[str], *, parser: PipelineArgumentParser | None = None
+) -> tuple[Any, ...]:
+    """Parse an optional leading config file, then flags, into one instance of each dataclass type
+    (`parser`: a PipelineArgumentParser over the same types, for grouped help and one-line errors)."""
     argv = list(argv)
+    plain = parser is None
+    parser = parser or HfArgumentParser(list(dataclass_types))
     if argv and not argv[0].startswith("-") and argv[0].endswith(CONFIG_SUFFIXES):
         values = load_config_file(Path(argv.pop(0)))
         known = {f.name for dataclass_type in dataclass_types for f in fields(dataclass_type) if f.init}
@@ -54,6 +64,8 @@ def parse_config(dataclass_types: Sequence[type], argv: Sequence[str]) -> tuple[
             )
             raise ConfigError(f"unknown setting(s) in config file: {described}")
         parser.set_defaults(**values)
+    if not plain:
+        return parser.parse(argv)
     try:
         parsed = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
     except SystemExit as exit_request:  # argparse already printed its usage line (or --help)

@@ -10,10 +10,10 @@ from transformers.models.whisper.english_normalizer import BasicTextNormalizer
 from transformers.trainer_utils import EvalPrediction
 
 from whisper_pipeline.cache import open_cache
+from whisper_pipeline.train.arguments import PipelineTrainingArguments
 from whisper_pipeline.train.batches import CacheRows, model_inputs
 from whisper_pipeline.train.metrics import ComputeMetrics, normalize_for_scoring, score, utterance_wers
 from whisper_pipeline.train.modeling import configure_generation
-from whisper_pipeline.train.run import PipelineTrainingArguments
 from whisper_pipeline.train.trainer import DecoderTokens, WhisperDataCollator, WhisperTrainer
 
 

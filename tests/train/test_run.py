@@ -22,10 +22,11 @@ from whisper_pipeline import __version__
 from whisper_pipeline.cache import open_cache
 from whisper_pipeline.prepare.features import pad_features
 from whisper_pipeline.train import trainer as trainer_module
+from whisper_pipeline.train.arguments import parse_arguments
 from whisper_pipeline.train.batches import BackgroundBatches, CacheRows, model_inputs
 from whisper_pipeline.train.metrics import ComputeMetrics, score
 from whisper_pipeline.train.modeling import configure_generation, load_base_model, load_trained
-from whisper_pipeline.train.run import main, parse_arguments
+from whisper_pipeline.train.run import main
 from whisper_pipeline.train.trainer import DecoderTokens, WhisperDataCollator
 
 REPO = Path(__file__).resolve().parents[2]
@@ -133,6 +134,11 @@ def test_short_run_trains_evaluates_with_generation_and_writes_every_output(
     output_dir, stdout = trained
     metrics, predictions, config = _read(output_dir)
     assert stdout.count(SUMMARY) == 1
+    # Our log lines, error rates in percent; none of the Trainer's metric dicts.
+    assert not [line for line in stdout.splitlines() if line.startswith("{")]
+    assert re.search(r"^step 2/4  validation WER \d+\.\d%  CER \d+\.\d%", stdout, re.MULTILINE)
+    assert re.search(r"^step 1/4  loss \d+\.\d{4}  learning rate", stdout, re.MULTILINE)
+    assert "  training     4 steps, " in stdout and "1 process\n" in stdout
 
     adapter = {path.name for path in (output_dir / "adapter").iterdir()}
     assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json"} <= adapter
@@ -279,6 +285,72 @@ def test_resume_from_checkpoint_auto_continues_the_run(
 
 
 @pytest.mark.e2e
+def test_resume_from_checkpoint_auto_on_a_finished_run_trains_no_further(
+    trained, tiny_model_dir, prepared_cache, tmp_path, capsys
+):
+    """The Trainer takes one more step after resuming before it checks --max-steps: a finished run is
+    completed (its best model evaluated and saved) without it."""
+    output_dir = tmp_path / "outputs"
+    shutil.copytree(trained[0], output_dir)
+    first, first_predictions, _ = _read(output_dir)
+    code = main(
+        [
+            "--model", str(tiny_model_dir), "--data-dir", str(prepared_cache),
+            "--output-dir", str(output_dir), "--unfreeze-conv", "--max-steps", "4",
+            "--resume-from-checkpoint", "auto", *QUICK,
+        ]
+    )  # fmt: skip
+    assert code == 0
+    out = capsys.readouterr().out
+    assert sorted(path.name for path in output_dir.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    assert f"resumed from {output_dir / 'checkpoint-4'} at step 4" in out
+    summary = out[out.index(SUMMARY) :]
+    assert "new LoRA" not in summary
+    assert f"LoRA continued from {output_dir / 'checkpoint-4'} (step 4)" in summary
+    assert "none left: the checkpoint had finished the run (4 steps)" in summary
+    metrics, predictions, config = _read(output_dir)
+    assert metrics["train"]["global_step"] == 4 and config["resolved"]["finished_before"] is True
+    assert metrics["evaluations"] == first["evaluations"] and metrics["best"]["step"] == first["best"]["step"]
+    assert metrics["best"]["wer"] == pytest.approx(first["best"]["wer"])  # the best model, reloaded
+    assert [p["hypothesis"] for p in predictions] == [p["hypothesis"] for p in first_predictions]
+
+
+@pytest.mark.e2e
+def test_train_config_yaml_fed_back_repeats_the_run(trained, tmp_path):
+    output_dir, _ = trained
+    again = tmp_path / "again"
+    result = _cli(str(output_dir / "train_config.yaml"), "--output-dir", str(again))
+    assert result.returncode == 0, result.stderr[-3000:]
+    _, _, first = _read(output_dir)
+    _, _, second = _read(again)
+    assert {**first["arguments"], "output_dir": None} == {**second["arguments"], "output_dir": None}
+    weights = [load_file(path / "adapter" / "adapter_model.safetensors") for path in (output_dir, again)]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
+
+
+@pytest.mark.e2e
+def test_early_stopping_patience_stops_training(tiny_model_dir, prepared_cache, tmp_path, capsys):
+    """A learning rate of 0 leaves the weights, so every evaluation's WER equals the first: with patience
+    2 the evaluations at steps 2 and 3 are the two without improvement (step 1 sets the best)."""
+    output_dir = tmp_path / "outputs"
+    code = main(
+        [
+            "--model", str(tiny_model_dir), "--data-dir", str(prepared_cache),
+            "--output-dir", str(output_dir), "--max-steps", "20", *QUICK,
+            "--eval-steps", "1", "--save-steps", "1", "--learning-rate", "0",
+            "--early-stopping-patience", "2",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    assert "3 steps (stopped early, before step 20)" in capsys.readouterr().out
+    metrics, _, _ = _read(output_dir)
+    assert metrics["train"]["global_step"] == 3
+    assert [entry["step"] for entry in metrics["evaluations"]] == [1, 2, 3]
+    assert metrics["best"]["step"] == 1
+
+
+@pytest.mark.e2e
 def test_batches_made_by_the_background_thread_train_as_a_loader_worker_does(
     tiny_model_dir, prepared_cache, tmp_path, capsys, monkeypatch
 ):
@@ -358,7 +430,11 @@ def _user_error_cases(tiny_model_dir: Path, prepared_cache: Path, root: Path) ->
         ],
         "--load-in-8bit needs a CUDA GPU": [*model, *data, "--load-in-8bit"],
         "only a pickle checkpoint": ["--model", str(pickled), *data],
-    }
+        "--model .*absent: the folder does not exist": ["--model", str(root / "absent"), *data],
+        "no such folder, and not downloadable as a Hugging Face Hub model": [
+            "--model", "whisper-pipeline-tests/no-such-model", *data,
+        ],
+    }  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -389,6 +465,8 @@ def user_errors(tiny_model_dir, prepared_cache, tmp_path_factory):
         r"unknown setting\(s\) in config file: learning_rat \(did you mean learning_rate\?\)",
         "--load-in-8bit needs a CUDA GPU",
         "only a pickle checkpoint",
+        "--model .*absent: the folder does not exist",
+        "no such folder, and not downloadable as a Hugging Face Hub model",
     ],
 )
 def test_user_errors_are_one_line_and_exit_2(user_errors, message):

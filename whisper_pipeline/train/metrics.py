@@ -7,6 +7,7 @@ Whisper's own `BasicTextNormalizer` is deliberately not used: it strips diacriti
 
 from __future__ import annotations
 
+import math
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,6 +24,11 @@ def normalize_for_scoring(text: str) -> str:
     text = unicodedata.normalize("NFC", text).lower()
     text = "".join(" " if unicodedata.category(char).startswith("P") else char for char in text)
     return " ".join(text.split())
+
+
+def percent(rate: float | None) -> str:
+    """An error rate as the console and the summary show it (metrics.json keeps the ratio)."""
+    return "n/a" if rate is None or not math.isfinite(rate) else f"{100 * rate:.1f}%"
 
 
 def _raw(text: str) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -34,6 +35,32 @@ ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_SAFETENSORS = "adapter_model.safetensors"
 ADAPTER_PICKLE = "adapter_model.bin"
 PEFT_PREFIX = "base_model.model."  # peft's prefix of every saved key, before the base model's own path
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # owner/name, e.g. openai/whisper-small
+# What a Whisper repository on the hub needs here: config, processor files and safetensors weights (not
+# the pickle, TensorFlow and Flax copies beside them).
+HUB_FILES = ["*.json", "*.txt", "*.safetensors"]
+
+
+def resolve_model_dir(model: str | Path, *, flag: str = "--model") -> Path:
+    """The local folder of `model`: a folder as given, or a Hugging Face Hub id (owner/name) fetched into the
+    hub's cache where a hub is reachable. Checked before the cache is opened, so that a folder that does not
+    exist is reported as such, not as a cache made with another tokenizer."""
+    path = Path(model)
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise ModelError(f"{flag} {model} is a file, not a model folder")
+    if not HUB_ID.fullmatch(str(model)) or str(model).startswith("."):
+        raise ModelError(f"{flag} {model}: the folder does not exist")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(str(model), allow_patterns=HUB_FILES))
+    except (OSError, ValueError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ModelError(
+            f"{flag} {model}: no such folder, and not downloadable as a Hugging Face Hub model ({first_line})"
+        ) from None
 
 
 def resolve_precision(requested: str, *, cuda: bool | None = None) -> str:

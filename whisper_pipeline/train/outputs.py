@@ -11,7 +11,6 @@ checkpoint-*/                resumable checkpoints (--resume-from-checkpoint PAT
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ import yaml
 
 from whisper_pipeline import __version__
 from whisper_pipeline.config import to_plain_dict
-from whisper_pipeline.train.metrics import ComputeMetrics, utterance_wers
+from whisper_pipeline.train.metrics import ComputeMetrics, percent, utterance_wers
 from whisper_pipeline.train.modeling import save_adapter
 
 if TYPE_CHECKING:
@@ -56,7 +55,9 @@ def run_settings(
     training_args: Seq2SeqTrainingArguments,
 ) -> dict[str, Any]:
     """train_config.yaml: the cache trained on, what was resolved at run time, library versions and every
-    argument (ours, then the Trainer's)."""
+    argument as given (ours, then the Trainer's): `train_model.py outputs/train_config.yaml` repeats the run.
+    The Trainer writes its token fields as placeholders ("<HUB_TOKEN>"); kept out, they stay unset."""
+    trainer_arguments = json.loads(training_args.to_json_string())
     return {
         "package_version": __version__,
         "cache": {"data_dir": str(cache.root), "fingerprint": cache.fingerprint, "examples": dict(examples)},
@@ -64,7 +65,7 @@ def run_settings(
         "versions": _versions(),
         "arguments": {
             **{key: value for group in arguments for key, value in to_plain_dict(group).items()},
-            **json.loads(training_args.to_json_string()),
+            **{key: None if key.endswith("_token") else value for key, value in trainer_arguments.items()},
         },
     }
 
@@ -141,6 +142,7 @@ def metrics_record(
             "samples_per_second": train_metrics.get("train_samples_per_second"),
             "steps_per_second": train_metrics.get("train_steps_per_second"),
             "global_step": state.global_step,
+            "max_steps": state.max_steps,
             "epochs": state.epoch,
             "loss_history": losses,
         },
@@ -174,16 +176,34 @@ def _versions() -> dict[str, str]:
     }
 
 
-def _percent(value: float | None) -> str:
-    return "n/a" if value is None or not math.isfinite(value) else f"{100 * value:.1f}%"
-
-
 def _score_line(record: Mapping[str, Any] | None) -> str:
     if not record:
         return "not evaluated"
     return (
-        f"WER {_percent(record.get('wer'))}  CER {_percent(record.get('cer'))}  (normalized: WER "
-        f"{_percent(record.get('normalized_wer'))}, CER {_percent(record.get('normalized_cer'))})"
+        f"WER {percent(record.get('wer'))}  CER {percent(record.get('cer'))}  (normalized: WER "
+        f"{percent(record.get('normalized_wer'))}, CER {percent(record.get('normalized_cer'))})"
+    )
+
+
+def plural(count: float, noun: str, nouns: str | None = None) -> str:
+    """`1 step`, `2 steps`, `0.5 epochs`."""
+    return f"{count:g} {noun}" if count == 1 else f"{count:g} {nouns or noun + 's'}"
+
+
+def _training_line(train: Mapping[str, Any], resolved: Mapping[str, Any]) -> str:
+    steps = plural(train["global_step"], "step")
+    if resolved.get("finished_before"):
+        return f"none left: the checkpoint had finished the run ({steps}); its model evaluated and saved"
+    stopped = (
+        f" (stopped early, before step {train['max_steps']})"
+        if train.get("max_steps") and train["global_step"] < train["max_steps"]
+        else ""
+    )
+    epochs = plural(round(train["epochs"] or 0, 2), "epoch")
+    processes = plural(resolved["world_size"], "process", "processes")
+    return (
+        f"{steps}{stopped}, {epochs}, {train['runtime'] or 0:.0f} s, {train['samples_per_second'] or 0:.2f} "
+        f"samples/s, train loss {train['loss'] or 0:.4f}, {processes}"
     )
 
 
@@ -201,6 +221,11 @@ def format_summary(report: TrainingReport) -> str:
         if arguments["adapter"]
         else f"new LoRA r={arguments['lora_r']} alpha={arguments['lora_alpha']}"
     )
+    if resolved.get("resume_from_checkpoint"):
+        adapter = (
+            f"{'adapter ' + arguments['adapter'] if arguments['adapter'] else 'LoRA'} continued from "
+            f"{resolved['resume_from_checkpoint']} (step {resolved['resumed_at_step']})"
+        )
     if resolved["unfreeze_conv"]:
         adapter += " + conv1/conv2"
     best, baseline = metrics["best"], metrics["baseline"]
@@ -212,9 +237,7 @@ def format_summary(report: TrainingReport) -> str:
         f"examples from {cache['data_dir']} (fingerprint {cache['fingerprint'][:12]})",
         f"  model        {arguments['model']} + {adapter}, {resolved['precision']}, "
         f"{resolved['trainable_parameters']:,} of {resolved['total_parameters']:,} parameters trained",
-        f"  training     {train['global_step']} steps, {train['epochs'] or 0:.2f} epochs, "
-        f"{train['runtime'] or 0:.0f} s, {train['samples_per_second'] or 0:.2f} samples/s, "
-        f"train loss {train['loss'] or 0:.4f}, {resolved['world_size']} process(es)",
+        f"  training     {_training_line(train, resolved)}",
         f"  baseline     {_score_line(baseline)}",
         f"  best         {_score_line(best)}{at_step}",
     ]

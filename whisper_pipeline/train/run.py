@@ -13,25 +13,30 @@ from __future__ import annotations
 import dataclasses
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import Seq2SeqTrainingArguments, WhisperProcessor, set_seed
+from transformers import EarlyStoppingCallback, TrainerState, WhisperProcessor, set_seed
+from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import get_last_checkpoint
-from transformers.training_args import IntervalStrategy, SaveStrategy
 
 from whisper_pipeline.cache import SOURCE_COLUMNS, PreparedCache, clean_rows, open_cache
-from whisper_pipeline.config import parse_config
-from whisper_pipeline.constants import MAX_TARGET_POSITIONS
 from whisper_pipeline.errors import ConfigError, exit_on_user_error
 from whisper_pipeline.inference.longform import score_adapter_and_base
+from whisper_pipeline.train.arguments import (
+    RESUME_AUTO,
+    DataArguments,
+    LoraArguments,
+    ModelArguments,
+    PipelineTrainingArguments,
+    parse_arguments,
+)
 from whisper_pipeline.train.batches import CacheRows
+from whisper_pipeline.train.console import use_console_progress
 from whisper_pipeline.train.metrics import SCORES, ComputeMetrics
 from whisper_pipeline.train.modeling import (
-    DEFAULT_TARGET_MODULES,
-    PRECISIONS,
     adapter_trains_conv,
     check_quantization,
     configure_generation,
@@ -40,6 +45,7 @@ from whisper_pipeline.train.modeling import (
     load_base_model,
     new_adapter,
     prepare_for_training,
+    resolve_model_dir,
     resolve_precision,
 )
 from whisper_pipeline.train.outputs import (
@@ -53,220 +59,6 @@ from whisper_pipeline.train.outputs import (
 )
 from whisper_pipeline.train.trainer import DecoderTokens, WhisperDataCollator, WhisperTrainer
 
-RESUME_AUTO = "auto"
-# LoRA moves only a low-rank update B·A with B starting at zero, scaled by alpha/r: to change the model
-# as much as full fine-tuning does at 1e-5..5e-6 (the seed's 5e-6), its few weights need steps 100x larger.
-# 1e-3 is the rate of peft's Whisper LoRA recipe with these same r=32/alpha=64 (the int8 whisper-large
-# notebook); warmup (10% of the steps) keeps the first steps of the fresh adapter from overshooting.
-DEFAULT_LEARNING_RATE = 1e-3
-# Share of examples with timestamps, and conditioned on the previous window's text: see the README's
-# "Long-form" section for the demo's figures behind them.
-DEFAULT_TIMESTAMP_PROBABILITY = 0.5
-DEFAULT_PROMPT_PROBABILITY = 0.2
-
-
-@dataclass
-class DataArguments:
-    """Where the cache is and how training batches are augmented."""
-
-    data_dir: str = field(
-        default="processed_data", metadata={"help": "Feature cache written by prepare_data.py."}
-    )
-    spec_augment: bool = field(
-        default=True,
-        metadata={
-            "help": "SpecAugment on training batches (Whisper's own apply_spec_augment: masks time steps "
-            "and mel bins in training mode only, never in evaluation)."
-        },
-    )
-    mask_time_prob: float | None = field(
-        default=None,
-        metadata={"help": "Share of time steps masked by SpecAugment (default: the model config's, 0.05)."},
-    )
-    mask_feature_prob: float | None = field(
-        default=0.05,
-        metadata={
-            "help": "Share of mel bins masked by SpecAugment (Whisper's config says 0.0, which would leave "
-            "frequency masking off)."
-        },
-    )
-    timestamp_probability: float = field(
-        default=DEFAULT_TIMESTAMP_PROBABILITY,
-        metadata={
-            "help": "Share of training examples that keep their timestamps (the rest are trained with "
-            "<|notimestamps|>): what long-form transcription (faster-whisper, subtitles) relies on."
-        },
-    )
-    prompt_probability: float = field(
-        default=DEFAULT_PROMPT_PROBABILITY,
-        metadata={
-            "help": "Share of training examples conditioned on their recording's previous window "
-            "(<|startofprev|> + its text, at most 224 tokens, not scored), as long-form decoding does."
-        },
-    )
-    long_form: bool = field(
-        default=True,
-        metadata={
-            "help": "At the end, transcribe the validation recordings kept whole (longer than 30 s, several "
-            "utterances, or noise only) with Whisper's long-form algorithm, base and adapter, and score them."
-        },
-    )
-    long_form_max_new_tokens: int | None = field(
-        default=None,
-        metadata={"help": "Longest text of one 30 s window there (default: Whisper's limit)."},
-    )
-
-    def __post_init__(self) -> None:
-        for name in ("timestamp_probability", "prompt_probability"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(self, name)}")
-
-
-@dataclass
-class ModelArguments:
-    """The starting model: base weights, optional adapter to continue, precision."""
-
-    model: str = field(
-        default="./model", metadata={"help": "Whisper directory (weights, config, processor files)."}
-    )
-    adapter: str | None = field(
-        default=None, metadata={"help": "Continue training this saved LoRA adapter instead of a new one."}
-    )
-    unfreeze_conv: bool = field(
-        default=False,
-        metadata={
-            "help": "Also train the encoder's conv1/conv2, saved with the adapter (peft modules_to_save) and "
-            "restored when it is loaded; an adapter saved with them keeps training them."
-        },
-    )
-    precision: str = field(
-        default="auto",
-        metadata={
-            "help": "auto: bf16 on GPUs that support it, else fp16 (grad scaler); fp32 on CPU. Frozen base "
-            "weights are loaded in it, trained weights stay fp32.",
-            "choices": list(PRECISIONS),
-        },
-    )
-    load_in_8bit: bool = field(default=False, metadata={"help": "8-bit base weights (bitsandbytes, GPU)."})
-    load_in_4bit: bool = field(default=False, metadata={"help": "4-bit base weights (bitsandbytes, GPU)."})
-    allow_pickle: bool = field(
-        default=False,
-        metadata={"help": "Accept pickle checkpoints (pytorch_model.bin, adapter_model.bin): trusted only."},
-    )
-    language: str | None = field(
-        default=None,
-        metadata={
-            "help": "Language code forced in generation (default: the cache's, which its labels carry)."
-        },
-    )
-    task: str | None = field(
-        default=None, metadata={"help": "transcribe or translate (default: the cache's)."}
-    )
-
-
-@dataclass
-class LoraArguments:
-    """A new adapter's shape (a continued adapter keeps its own).
-
-    r 32 / alpha 64 / dropout 0.05 are peft's Whisper LoRA recipe; placed on all four attention projections
-    of encoder and decoder (self and cross attention), so the encoder adapts to the acoustics and the
-    decoder to the language: 2.4 M weights, 3% of whisper-base.
-    """
-
-    lora_r: int = field(default=32, metadata={"help": "LoRA rank (default 32)."})
-    lora_alpha: int = field(
-        default=64, metadata={"help": "LoRA scale numerator: updates are scaled by alpha/r (default 64)."}
-    )
-    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input (default 0.05)."})
-    lora_target_modules: list[str] = field(
-        default_factory=lambda: list(DEFAULT_TARGET_MODULES),
-        metadata={
-            "help": "Linear layers given LoRA (default q_proj k_proj v_proj out_proj: every attention "
-            "projection of encoder and decoder)."
-        },
-    )
-
-
-def _default_pin_memory() -> bool:
-    """Pinned host memory speeds up copies to a GPU; without one it only costs memory."""
-    return torch.cuda.is_available()
-
-
-@dataclass
-class PipelineTrainingArguments(Seq2SeqTrainingArguments):
-    """Seq2SeqTrainingArguments with this pipeline's defaults (every Trainer setting still works)."""
-
-    output_dir: str | None = field(
-        default="outputs",
-        metadata={"help": "Adapter, metrics, predictions, checkpoints and TensorBoard logs."},
-    )
-    learning_rate: float = field(
-        default=DEFAULT_LEARNING_RATE,
-        metadata={"help": "Peak LoRA learning rate (see DEFAULT_LEARNING_RATE: why not the seed's 5e-6)."},
-    )
-    warmup_steps: float = field(
-        default=0.1, metadata={"help": "Warmup: steps, or a share of all steps if < 1."}
-    )
-    num_train_epochs: float = field(default=3.0, metadata={"help": "Epochs over the training split."})
-    per_device_train_batch_size: int = field(default=8, metadata={"help": "Training batch per device."})
-    per_device_eval_batch_size: int = field(default=8, metadata={"help": "Evaluation batch per device."})
-    eval_strategy: IntervalStrategy | str = field(default="epoch", metadata={"help": "no, steps or epoch."})
-    save_strategy: SaveStrategy | str = field(default="epoch", metadata={"help": "no, steps, epoch or best."})
-    save_total_limit: int | None = field(
-        default=2, metadata={"help": "Checkpoints kept (the best one is always among them)."}
-    )
-    load_best_model_at_end: bool = field(default=True, metadata={"help": "Finish with the best checkpoint."})
-    metric_for_best_model: str | None = field(
-        default="wer", metadata={"help": f"Checkpoint selection metric: loss or one of {', '.join(SCORES)}."}
-    )
-    greater_is_better: bool | None = field(default=False, metadata={"help": "False: lower WER is better."})
-    eval_on_start: bool = field(
-        default=True, metadata={"help": "Baseline evaluation of the starting model before the first step."}
-    )
-    predict_with_generate: bool = field(
-        default=True, metadata={"help": "Score generated text (required: WER on logits is meaningless)."}
-    )
-    generation_max_length: int | None = field(
-        default=MAX_TARGET_POSITIONS,
-        metadata={"help": "Longest generated sequence, special tokens included (Whisper's maximum: 448)."},
-    )
-    logging_steps: float = field(default=10, metadata={"help": "Log the training loss every N steps."})
-    logging_first_step: bool = field(default=True, metadata={"help": "Log the first step's loss too."})
-    report_to: None | str | list[str] = field(  # noqa: RUF036 (the order HfArgumentParser parses)
-        default_factory=lambda: ["tensorboard"],
-        metadata={"help": "Loggers (TensorBoard: <output_dir>/runs)."},
-    )
-    remove_unused_columns: bool = field(
-        default=False,
-        metadata={"help": "Nothing to remove: the collator builds the model's inputs from whole cache rows."},
-    )
-    label_names: list[str] | None = field(
-        default_factory=lambda: ["labels"], metadata={"help": "Keep: a peft model's forward() hides it."}
-    )
-    dataloader_num_workers: int = field(
-        default=0,
-        metadata={
-            "help": "Loader processes. Default 0: a thread of the training process makes the next batches "
-            "(a batch costs a fraction of a millisecond; workers spend more handing one over)."
-        },
-    )
-    dataloader_pin_memory: bool = field(
-        default_factory=_default_pin_memory,
-        metadata={"help": "Pinned host memory for copies to the GPU (default: with CUDA only)."},
-    )
-    dataloader_persistent_workers: bool = field(
-        default=True,
-        metadata={"help": "Keep loader workers, if any, across epochs and evaluations."},
-    )
-    ddp_find_unused_parameters: bool | None = field(
-        default=False, metadata={"help": "Every adapter weight gets a gradient every step: no search needed."}
-    )
-
-    def __post_init__(self) -> None:
-        if not self.dataloader_num_workers:
-            self.dataloader_persistent_workers = False  # the DataLoader refuses it without workers
-        super().__post_init__()
-
 
 @dataclass(frozen=True)
 class Splits:
@@ -275,16 +67,6 @@ class Splits:
     train: CacheRows
     validation: CacheRows
     validation_sources: list[dict[str, Any]]  # segment_id, audio_uri, start, end; in validation order
-
-
-def parse_arguments(
-    argv: Sequence[str],
-) -> tuple[DataArguments, ModelArguments, LoraArguments, PipelineTrainingArguments]:
-    """Optional YAML/JSON file + flags; invalid Trainer combinations become one-line ConfigErrors."""
-    try:
-        return parse_config((DataArguments, ModelArguments, LoraArguments, PipelineTrainingArguments), argv)
-    except ValueError as error:  # from the Trainer's own checks, e.g. mismatched eval/save strategies
-        raise ConfigError(f"invalid training settings: {str(error).strip().splitlines()[0]}") from None
 
 
 def build_model(
@@ -301,7 +83,7 @@ def build_model(
     """The base model ready to train: generation set for language and task, SpecAugment as set, and a new
     LoRA adapter or the one to continue (what train_model.py trains and benchmarks/train_input.py times)."""
     model = load_base_model(
-        Path(model_args.model),
+        resolve_model_dir(model_args.model),
         precision=precision,
         allow_pickle=model_args.allow_pickle,
         quantization=quantization,
@@ -341,9 +123,12 @@ def run_training(
     precision = _precision(model_args, training_args)
     quantization = check_quantization(model_args.load_in_8bit, model_args.load_in_4bit)
     resume = _resume_checkpoint(training_args)
+    requested_args = training_args  # what train_config.yaml records: fed back, it repeats this run
     training_args = _finalize_training_args(training_args, precision, resume)
-    model_dir = Path(model_args.model)
+    model_dir = resolve_model_dir(model_args.model)
     cache = open_cache(Path(data_args.data_dir), model_dir=model_dir)
+    resumed = TrainerState.load_from_json(str(Path(resume) / TRAINER_STATE_NAME)) if resume else None
+    finished = resumed is not None and _finished(resumed, training_args)
     if resume:
         _check_resumed_cache(Path(resume), cache.fingerprint)
     language, task = _language_and_task(model_args, cache.report)
@@ -353,7 +138,7 @@ def run_training(
     set_seed(training_args.seed)  # before the adapter exists: its random LoRA A matrices depend on it
     model = build_model(
         data_args,
-        model_args,
+        dataclasses.replace(model_args, model=str(model_dir)),
         lora_args,
         language=language,
         task=task,
@@ -373,7 +158,10 @@ def run_training(
             "language": language,
             "task": task,
             "unfreeze_conv": adapter_trains_conv(model),
+            "model_dir": str(model_dir),
             "resume_from_checkpoint": resume,
+            "resumed_at_step": resumed.global_step if resumed else None,
+            "finished_before": finished,
             "world_size": training_args.world_size,
             "effective_batch_size": training_args.train_batch_size
             * training_args.gradient_accumulation_steps
@@ -382,7 +170,7 @@ def run_training(
             "total_parameters": total,
         },
         arguments=(data_args, model_args, lora_args),
-        training_args=training_args,
+        training_args=requested_args,
     )
     if training_args.process_index == 0:
         write_config(output_dir, settings)
@@ -403,12 +191,20 @@ def run_training(
         processing_class=processor,
         compute_metrics=ComputeMetrics(processor.tokenizer),
     )
-    train_output = trainer.train(resume_from_checkpoint=resume)
+    use_console_progress(trainer)
+    if training_args.early_stopping_patience:
+        trainer.add_callback(EarlyStoppingCallback(training_args.early_stopping_patience))
+    if resumed and training_args.process_index == 0:
+        print(f"resumed from {resume} at step {resumed.global_step}", flush=True)
+    if finished:
+        # The Trainer would take one more step before it checks the limit: the run is only completed.
+        print(f"{resume} is the end of this run: nothing left to train", flush=True)
+        train_metrics = _restore_finished(trainer, resumed, Path(resume))
+    else:
+        train_metrics = trainer.train(resume_from_checkpoint=resume).metrics
     best = trainer.predict(splits.validation, metric_key_prefix="eval")
 
-    metrics = metrics_record(
-        trainer.state, training_args.metric_for_best_model, train_output.metrics, best.metrics
-    )
+    metrics = metrics_record(trainer.state, training_args.metric_for_best_model, train_metrics, best.metrics)
     if trainer.is_world_process_zero() and data_args.long_form:
         metrics["long_form"] = score_adapter_and_base(
             trainer.model,
@@ -485,6 +281,31 @@ def _resume_checkpoint(training_args: PipelineTrainingArguments) -> str | None:
             f"--resume-from-checkpoint {requested} is not a checkpoint folder (no trainer_state.json)"
         )
     return requested
+
+
+def _finished(state: TrainerState, training_args: PipelineTrainingArguments) -> bool:
+    """Whether a checkpoint's run has nothing left to train: it reached --max-steps (or the epochs), or it
+    stopped early before its own last step."""
+    if training_args.max_steps > 0:
+        if state.global_step >= training_args.max_steps:
+            return True
+    elif (state.epoch or 0) >= training_args.num_train_epochs:
+        return True
+    control = (state.stateful_callbacks or {}).get("TrainerControl", {}).get("args", {})
+    return bool(control.get("should_training_stop")) and state.global_step < state.max_steps
+
+
+def _restore_finished(trainer: WhisperTrainer, state: TrainerState, checkpoint: Path) -> dict[str, Any]:
+    """A finished run's state and model, as train() would end it: the best checkpoint's weights with
+    load_best_model_at_end, else the last one's (the folder may have moved since the state was saved)."""
+    best = state.best_model_checkpoint
+    if best and not Path(best).is_dir():
+        best = str(checkpoint.parent / Path(best).name)
+    state.best_model_checkpoint = best if best and Path(best).is_dir() else None
+    trainer.state = state
+    load_best = trainer.args.load_best_model_at_end and state.best_model_checkpoint
+    trainer._load_from_checkpoint(state.best_model_checkpoint if load_best else str(checkpoint))
+    return {}
 
 
 def _check_resumed_cache(checkpoint: Path, fingerprint: str) -> None:
