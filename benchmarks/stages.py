@@ -20,14 +20,13 @@ from pathlib import Path
 import soxr
 
 from whisper_pipeline.cache import TRAIN, CacheBuilder, CacheLayout, RowSource, ShardStore, encode_shard
-from whisper_pipeline.prepare.annotations import load_export, parse_export
 from whisper_pipeline.prepare.audio import cut, decode_audio
 from whisper_pipeline.prepare.augment import AugmentationSettings, augment
 from whisper_pipeline.prepare.features import LabelEncoder, LogMelFeaturizer
 from whisper_pipeline.prepare.fork_server import start_worker_server, worker_server_for_command
 from whisper_pipeline.prepare.pool import feature_workers
 from whisper_pipeline.prepare.report import recording_meta
-from whisper_pipeline.prepare.run import PrepareArguments
+from whisper_pipeline.prepare.run import PrepareArguments, parse_annotations
 from whisper_pipeline.prepare.windows import assign_splits, pack_windows
 from whisper_pipeline.prepare.worker import RecordingWork, WorkerSetup, process_recording
 
@@ -66,7 +65,7 @@ def profile_sample(export: Path, corpus: Path, args: PrepareArguments, shards: P
     from datasets.arrow_writer import ArrowWriter  # noqa: F401  (imported once per run, not per recording)
 
     encoder = LabelEncoder.from_pretrained(Path(args.model), args.language, args.task)
-    tasks = parse_export(load_export(export.read_bytes()), args.annotation_settings).tasks
+    tasks = parse_annotations(export.read_bytes(), args)[1].tasks
     splits = assign_splits([task.audio_uri for task in tasks], seed=args.seed, val_fraction=args.val_fraction)
     profiler, store = cProfile.Profile(time.process_time), ShardStore(shards)
     layout, recordings = CacheLayout(shards.parent / f"cache_{os.getpid()}"), {}

@@ -33,3 +33,8 @@ if [ ! -f "$stamp" ]; then
   "$venv/bin/python" -m pip install -q -r "$requirements"
   touch "$stamp"
 fi
+
+# The end-to-end tests run a real Label Studio: in a virtual environment of its own.
+if [ "$requirements" = "requirements-dev.txt" ]; then
+  scripts/setup_labelstudio.sh
+fi

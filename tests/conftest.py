@@ -10,4 +10,5 @@ pytest_plugins = [
     "tests.fixtures.s3",
     "tests.fixtures.audio",
     "tests.fixtures.cache",
+    "tests.fixtures.label_studio",
 ]

@@ -23,7 +23,9 @@ def _tool(name: str) -> str:
     return found
 
 
-@pytest.mark.parametrize("script", ["run_pipeline.sh", "scripts/setup_env.sh", ".ci/run"])
+@pytest.mark.parametrize(
+    "script", ["run_pipeline.sh", "scripts/setup_env.sh", "scripts/setup_labelstudio.sh", ".ci/run"]
+)
 def test_shell_scripts_are_shellcheck_clean(script):
     result = subprocess.run([_tool("shellcheck"), script], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout

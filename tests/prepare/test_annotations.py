@@ -8,11 +8,15 @@ import pytest
 from whisper_pipeline.errors import AnnotationError
 from whisper_pipeline.prepare.annotations import (
     AnnotationSettings,
+    ControlNames,
+    LabelConfig,
     RegionKind,
     choose_annotation,
     load_export,
     normalize_text,
     parse_export,
+    parse_label_config,
+    resolve_controls,
 )
 from whisper_pipeline.testing.synthetic import LabelStudioExport, Utterance
 
@@ -190,3 +194,61 @@ def test_unreadable_exports_are_one_line_errors(raw, fragment):
     with pytest.raises(AnnotationError, match=fragment) as error:
         load_export(raw)
     assert "\n" not in str(error.value)
+
+
+# --- controls found by themselves -------------------------------------------------------------------
+
+SEGMENTS_CONFIG = """<View>
+  <Labels name="labels" toName="audio"><Label value="Speech"/><Label value="Noise"/></Labels>
+  <Audio name="audio" value="$url"/>
+  <TextArea name="transcription" toName="audio" rows="2" editable="true" perRegion="true" required="true"/>
+</View>"""
+
+
+def _resolve(export: LabelStudioExport, names: ControlNames | None = None, config=None):
+    document = load_export(export.to_json().encode())
+    return resolve_controls(document, names or ControlNames(), ("noise",), config)
+
+
+def test_controls_come_from_the_export_when_no_config_is_known():
+    export = LabelStudioExport(label_from_name="labels", text_from_name="text", audio_key="url")
+    export.add_task("s3://b/a.flac", [Utterance(HELLO, 0.5, 3.0), Utterance("[ồn]", 3.2, 4.0, "Noise")])
+    controls = _resolve(export)
+    assert (controls.settings.text_from_name, controls.settings.label_from_name) == ("text", "labels")
+    assert controls.settings.audio_key == "url"
+    assert set(controls.found_in.values()) == {"export"}
+    assert "[ồn]" not in _texts(_parse(export, controls.settings))[0]
+
+
+def test_controls_come_from_the_label_config_when_known():
+    config = parse_label_config(SEGMENTS_CONFIG)
+    assert config == LabelConfig(textareas=("transcription",), labels=("labels",), audio_keys=("url",))
+    export = LabelStudioExport(label_from_name="labels", audio_key="url")
+    export.add_task("/data/upload/1/a.wav", [Utterance(HELLO, 0.5, 3.0)])
+    controls = _resolve(export, config=config)
+    assert controls.settings.label_from_name == "labels" and controls.found_in["audio_key"] == "label config"
+
+
+def test_ambiguous_and_unused_names_are_clear_errors():
+    export = LabelStudioExport()
+    task = export.add_task("s3://b/a.flac", [Utterance(HELLO, 0.5, 3.0)])
+    other = json.loads(json.dumps(task["annotations"][0]["result"][1]))
+    other["from_name"] = "notes"
+    task["annotations"][0]["result"].append(other)
+    with pytest.raises(AnnotationError, match=r"2 textarea controls \(transcription, notes\).*--text-from"):
+        _resolve(export)
+    with pytest.raises(AnnotationError, match=r"--label-from-name labels: no result.*label \(labels\)"):
+        _resolve(export, ControlNames(text_from_name="transcription", label_from_name="labels"))
+    with pytest.raises(AnnotationError, match=r"--audio-key url: no task's data holds it.*audio"):
+        _resolve(export, ControlNames(text_from_name="transcription", audio_key="url"))
+
+
+def test_a_whole_file_transcription_is_one_region_over_the_file():
+    export = LabelStudioExport()
+    task = export.add_task("s3://b/a.flac", [Utterance("Xin chào\ncác bạn.", 0.0, 1.0, None)])
+    for result in task["annotations"][0]["result"]:
+        del result["value"]["start"], result["value"]["end"]
+    parsed = _parse(export, AnnotationSettings(label_from_name=None))
+    (region,) = parsed.tasks[0].regions
+    assert region.whole_file and (region.start, region.text, region.kind) == (0.0, HELLO[:-1] + ".", "speech")
+    assert not parsed.skips

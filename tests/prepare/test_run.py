@@ -28,6 +28,7 @@ from whisper_pipeline.prepare import run as prepare
 from whisper_pipeline.prepare.audio import cut, decode_audio
 from whisper_pipeline.prepare.augment import AugmentationSettings
 from whisper_pipeline.prepare.features import pad_features
+from whisper_pipeline.prepare.http import HttpAccess, HttpSettings
 from whisper_pipeline.prepare.run import TooManyFailures, run_prepare
 from whisper_pipeline.prepare.sources import LIST_MIN_OBJECTS, S3Access, S3Settings, listings
 from whisper_pipeline.testing.synthetic import (
@@ -204,7 +205,8 @@ def test_a_rerun_lists_what_the_previous_run_listed_while_the_export_is_parsed(s
         )
         args = prepare.PrepareArguments(annotations=str(path), allowed_buckets=list(allowed_buckets))
         scanned = prepare._scan_ahead(previous_report, s3, args.allowed_buckets)
-        return prepare._gather_inputs(args, s3, scanned), calls
+        http = HttpAccess(HttpSettings())
+        return prepare._gather_inputs(args, s3, http, None, scanned), calls
 
     first, calls = gather(None)
     assert calls == [("HeadBucket", "MainThread"), ("ListObjectsV2", "MainThread")]

@@ -66,22 +66,25 @@ def test_bare_keys_use_the_default_bucket():
     assert "S3_BUCKET_NAME" in str(_refused("audio/one.flac", "no_bucket"))
 
 
-def test_label_studio_paths_resolve_under_the_local_files_root(tmp_path):
-    root = tmp_path / "root"
+def test_label_studio_paths_resolve_under_their_own_roots(tmp_path):
+    """Local files under --local-files-root, uploads under --upload-root: one export may mix both."""
+    root, uploads = tmp_path / "root", tmp_path / "media" / "upload"
     (root / "audio dir").mkdir(parents=True)
     (root / "audio dir" / "a+b.wav").write_bytes(b"x")
-    (root / "7").mkdir()
-    (root / "7" / "f1-clip.mp3").write_bytes(b"x")
+    (uploads / "7").mkdir(parents=True)
+    (uploads / "7" / "f1-clip.mp3").write_bytes(b"x")
     cases = {
         "/data/local-files/?d=audio%20dir%2Fa%2Bb.wav": root / "audio dir" / "a+b.wav",
         "http://ls.example:8080/data/local-files/?d=audio%20dir/a%2Bb.wav": root / "audio dir" / "a+b.wav",
-        "/data/upload/7/f1-clip.mp3": root / "7" / "f1-clip.mp3",
-        "https://ls.example/data/upload/7/f1-clip.mp3": root / "7" / "f1-clip.mp3",
+        "/data/upload/7/f1-clip.mp3": uploads / "7" / "f1-clip.mp3",
+        "https://ls.example/data/upload/7/f1-clip.mp3": uploads / "7" / "f1-clip.mp3",
     }
     for uri, expected in cases.items():
-        ref = resolve_audio_uri(uri, default_bucket="clips", local_files_root=root)
+        ref = resolve_audio_uri(uri, default_bucket="clips", local_files_root=root, upload_root=uploads)
         assert (ref.uri, ref.kind, ref.path) == (uri, "local", expected.resolve()), uri
-    _refused("/data/upload/7/f1-clip.mp3", "local_files_root_required")
+    assert "--upload-root" in str(_refused("/data/upload/7/f1-clip.mp3", "upload_root_required"))
+    _refused("/data/upload/7/f1-clip.mp3", "upload_root_required", local_files_root=root)
+    _refused("/data/local-files/?d=a.wav", "local_files_root_required", upload_root=uploads)
 
 
 def test_paths_that_leave_the_root_are_refused(tmp_path):
@@ -99,7 +102,7 @@ def test_paths_that_leave_the_root_are_refused(tmp_path):
         "/data/upload/../../outside.wav",
         "/data/local-files/?d=",
     ):
-        _refused(uri, "path_escapes_root", local_files_root=root)
+        _refused(uri, "path_escapes_root", local_files_root=root, upload_root=root)
     inside = resolve_audio_uri(
         "/data/local-files/?d=audio/alias.wav", default_bucket=None, local_files_root=root
     )
@@ -120,7 +123,10 @@ def test_allowed_buckets_and_unsupported_uris():
     _refused("s3://elsewhere/a.wav", "bucket_not_allowed", allowed_buckets=["clips"])
     _refused("a.wav", "bucket_not_allowed", default_bucket="elsewhere", allowed_buckets=["clips"])
     assert resolve_audio_uri("s3://any/a.wav", default_bucket=None, local_files_root=None, allowed_buckets=[])
-    _refused("https://example.com/a.flac", "unsupported_uri")
+    url = "https://u:p@example.com/a.flac?X-Amz-Signature=s&v=2"
+    ref = resolve_audio_uri(url, **allowed, local_files_root=None)
+    assert (ref.kind, ref.url) == ("http", url)
+    assert ref.uri.startswith("https://example.com/a.flac?…") and "s&" not in ref.uri and "u:p" not in ref.uri
     _refused("ftp://example.com/a.flac", "unsupported_uri")
 
 

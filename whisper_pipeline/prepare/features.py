@@ -227,7 +227,7 @@ class LabelEncoder:
 
     def timestamp(self, seconds: float) -> int:
         """The token of the nearest 0.02 s step, within [0, 30] s."""
-        return self.timestamp_ids[min(max(round(seconds / TIME_PRECISION), 0), N_TIMESTAMPS - 1)]
+        return timestamp_token(self.timestamp_ids, seconds)
 
     def labels(self, segments: Sequence[tuple[float, float, Sequence[int]]]) -> list[int]:
         """(start, end, text tokens) of each segment, in seconds from the window's start -> the labels."""
@@ -244,6 +244,11 @@ class LabelEncoder:
 
     def no_speech_labels(self) -> list[int]:
         return [self._prefix[0], self._no_speech, self._eos]
+
+
+def timestamp_token(timestamp_ids: Sequence[int], seconds: float) -> int:
+    """The token of the nearest 0.02 s step, within [0, 30] s, among <|0.00|> ... <|30.00|>'s ids."""
+    return timestamp_ids[min(max(round(seconds / TIME_PRECISION), 0), N_TIMESTAMPS - 1)]
 
 
 def _language_code(tokenizer: Tokenizer, language: str) -> str:

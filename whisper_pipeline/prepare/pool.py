@@ -15,6 +15,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import contextmanager
 
+from whisper_pipeline.prepare.http import HttpAccess
 from whisper_pipeline.prepare.sources import AudioRef, AudioSourceError, S3Access, read_bytes
 from whisper_pipeline.prepare.worker import (
     RecordingOutcome,
@@ -93,6 +94,7 @@ def fetch_and_process(
     in_flight: int,
     download_concurrency: int,
     s3: S3Access,
+    http: HttpAccess | None = None,
 ) -> Iterator[tuple[RecordingWork, RecordingOutcome | AudioSourceError]]:
     """Each pending recording downloaded by a thread and processed by a worker; yields, in the calling
     thread and in the order they finish, each one's outcome or the download's AudioSourceError. Any other
@@ -109,7 +111,7 @@ def fetch_and_process(
         if not room.acquire(size, stop):
             return
         try:
-            data = read_bytes(refs[work.audio_uri], client, s3.stats)
+            data = read_bytes(refs[work.audio_uri], client, s3.stats, http)
             future = workers.submit(process_recording, work, data)
         except BaseException as error:  # handed to the calling thread, which decides
             room.release(size)

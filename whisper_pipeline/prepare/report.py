@@ -12,7 +12,7 @@ from whisper_pipeline import __version__
 from whisper_pipeline.cache import FORMAT_VERSION, REPORT_NAME, SPLITS, TRAIN, VALIDATION
 from whisper_pipeline.config import to_plain_dict
 from whisper_pipeline.prepare.sources import listings
-from whisper_pipeline.prepare.worker import RecordingOutcome, RecordingWork
+from whisper_pipeline.prepare.worker import UNSEGMENTED_OVER_30S, RecordingOutcome, RecordingWork
 
 if TYPE_CHECKING:
     from whisper_pipeline.prepare.run import Failures, PrepareRun, PrepareSummary, RecordingResult, WorkPlan
@@ -51,6 +51,7 @@ def build_report(
         }
 
     audio_seconds = {split: round(seconds, 3) for split, seconds in per_split("audio_seconds").items()}
+    controls = run.inputs.controls
     origins = Counter(result.origin for result in results.values())
     to_retry = sum(1 for result in results.values() if result.source is None)
     return {
@@ -60,7 +61,11 @@ def build_report(
         "processor_fingerprint": run.settings["processor"],
         "package_version": __version__,
         "model": str(run.model_dir),
-        "annotations": run.args.annotations,
+        "annotations": run.inputs.annotations,
+        "controls": {
+            **{key: value for key, value in asdict(controls.settings).items() if key != "exclude_labels"},
+            "found_in": dict(controls.found_in),
+        },
         "settings": {**to_plain_dict(run.args), "augmentation": asdict(run.augmentation)},
         "tasks": {
             "read": run.inputs.parsed.tasks_read,
@@ -83,7 +88,7 @@ def build_report(
         "transfers": {
             "objects": run.s3.stats.objects,
             "bytes": run.s3.stats.bytes,
-            "retries": run.s3.stats.retries,
+            "retries": run.s3.stats.retries + run.http.retries,
         },
         "listings": [asdict(listing) for listing in listings(list(run.inputs.refs.values()))],
         "audio_seconds": audio_seconds,
@@ -107,8 +112,14 @@ def format_summary(summary: PrepareSummary) -> str:
             f"(fingerprint {report['fingerprint'][:12]}); nothing to do (--force rebuilds)"
         )
     recordings, skips = report["recordings"], report["skips"]["by_reason"]
+    controls = report["controls"]
+    found_in = controls["found_in"]
+    label = f'"{controls["label_from_name"]}"' if controls["label_from_name"] else "none"
     lines = [
         "prepare_data.py summary",
+        f"  annotations  {report['annotations']}",
+        f'  controls     text "{controls["text_from_name"]}" ({found_in["text_from_name"]}), labels {label} '
+        f"({found_in['label_from_name']}), audio ${controls['audio_key']} ({found_in['audio_key']})",
         f"  tasks        {report['tasks']['used']} used of {report['tasks']['read']} read",
         f"  recordings   {recordings['total']}: {recordings['computed']} computed, "
         f"{recordings['resumed']} resumed, {recordings['reused']} reused, {recordings['failed']} failed, "
@@ -131,6 +142,12 @@ def format_summary(summary: PrepareSummary) -> str:
         f"  cache        {report['cache_bytes'] / 2**20:.1f} MiB in {report['settings']['output_dir']}"
         f" (report: {Path(report['settings']['output_dir']) / REPORT_NAME})",
     ]
+    if skips.get(UNSEGMENTED_OVER_30S):
+        lines.append(
+            f"  note         {skips[UNSEGMENTED_OVER_30S]} whole-file transcriptions of recordings over "
+            f"{report['settings']['max_window_seconds']:g} s were left out: draw regions with a "
+            'transcription each (Label Studio\'s "ASR using Segments" template) to train on them'
+        )
     if recordings["to_retry"]:
         lines.append(
             f"  note         {recordings['to_retry']} downloads failed transiently: rerun to retry them"

@@ -24,6 +24,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from whisper_pipeline.atomic import atomic_write_bytes
 from whisper_pipeline.cache import (
     FORMAT_VERSION,
     TRAIN,
@@ -43,17 +44,23 @@ from whisper_pipeline.config import parse_config
 from whisper_pipeline.constants import CHUNK_SECONDS
 from whisper_pipeline.errors import CacheError, ConfigError, ModelError, PipelineError, exit_on_user_error
 from whisper_pipeline.prepare.annotations import (
-    AnnotationSettings,
+    ControlNames,
+    LabelConfig,
     ParsedExport,
     RegionKind,
+    ResolvedControls,
     Skip,
     Task,
     load_export,
     parse_export,
+    parse_label_config,
+    resolve_controls,
 )
 from whisper_pipeline.prepare.augment import AugmentationSettings
 from whisper_pipeline.prepare.features import LabelEncoder, LogMelFeaturizer
 from whisper_pipeline.prepare.fork_server import start_worker_server
+from whisper_pipeline.prepare.http import HttpAccess, HttpSettings, origin
+from whisper_pipeline.prepare.label_studio import LabelStudioClient, LabelStudioSettings
 from whisper_pipeline.prepare.pool import feature_workers, fetch_and_process, worker_count
 from whisper_pipeline.prepare.report import build_report, format_summary, recording_meta
 from whisper_pipeline.prepare.sources import (
@@ -75,6 +82,7 @@ from whisper_pipeline.prepare.windows import Utterance, Window, assign_splits, p
 from whisper_pipeline.prepare.worker import RecordingOutcome, RecordingWork, WorkerSetup
 
 EXIT_TOO_MANY_FAILURES = 1
+SERVER_EXPORT_NAME = "label_studio_export.json"  # the export read from the server, in the output folder
 # Errors of a full, read-only or forbidden output folder: the user's to fix, said in one line.
 _WRITE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT}
 
@@ -99,18 +107,50 @@ class PrepareArguments:
     )
     seed: int = field(default=42, metadata={"help": "Seeds the split and the augmentation."})
     augment_copies: int = field(default=1, metadata={"help": "Augmented variants per training window."})
-    text_from_name: str = field(default="transcription", metadata={"help": "Per-region TextArea name."})
-    label_from_name: str = field(default="label", metadata={"help": "Labels control name."})
+    text_from_name: str | None = field(
+        default=None,
+        metadata={"help": "TextArea of the transcription (default: the label config's or the export's)."},
+    )
+    label_from_name: str | None = field(
+        default=None,
+        metadata={"help": "Labels control of the regions (default: the one the label config or export has)."},
+    )
     exclude_labels: list[str] = field(
         default_factory=lambda: ["noise"],
         metadata={"help": "Regions with one of these labels add no text (case-insensitive)."},
     )
-    audio_key: str = field(default="audio", metadata={"help": "Task data key holding the audio URI."})
+    audio_key: str | None = field(
+        default=None,
+        metadata={"help": "Task data key of the audio (default: the label config's $key, or the export's)."},
+    )
+    label_config: str | None = field(
+        default=None,
+        metadata={"help": "The project's labelling config (XML file): names the controls (else the export)."},
+    )
     local_files_root: str | None = field(
-        default=None, metadata={"help": "Root for /data/local-files/?d=... and /data/upload/... URIs."}
+        default=None,
+        metadata={"help": "Root of /data/local-files/?d=... URIs (LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT)."},
+    )
+    upload_root: str | None = field(
+        default=None,
+        metadata={"help": "Root of /data/upload/... URIs (Label Studio's <data-dir>/media/upload)."},
     )
     allowed_buckets: list[str] = field(
         default_factory=list, metadata={"help": "If set, audio on any other bucket is refused."}
+    )
+    allowed_hosts: list[str] = field(
+        default_factory=list, metadata={"help": "If set, http(s) audio on any other host is refused."}
+    )
+    label_studio_url: str | None = field(
+        default=None,
+        metadata={
+            "help": "Label Studio server (or LABEL_STUDIO_URL; key: LABEL_STUDIO_API_KEY): with --project, "
+            "the export and config come from it; /data/... audio without a root comes through it."
+        },
+    )
+    project: int | None = field(
+        default=None,
+        metadata={"help": "Label Studio project id: read straight from the server (not --annotations)."},
     )
     num_workers: int = field(default=0, metadata={"help": "Feature worker processes (0 = CPU cores)."})
     download_concurrency: int = field(default=16, metadata={"help": "Concurrent audio downloads."})
@@ -151,13 +191,8 @@ class PrepareArguments:
             raise ConfigError(f"--max-skip-fraction must be in [0, 1], got {self.max_skip_fraction}")
 
     @property
-    def annotation_settings(self) -> AnnotationSettings:
-        return AnnotationSettings(
-            text_from_name=self.text_from_name,
-            label_from_name=self.label_from_name,
-            exclude_labels=tuple(self.exclude_labels),
-            audio_key=self.audio_key,
-        )
+    def control_names(self) -> ControlNames:
+        return ControlNames(self.text_from_name, self.label_from_name, self.audio_key)
 
 
 class TooManyFailures(PipelineError):
@@ -191,6 +226,7 @@ class PrepareRun:
     layout: CacheLayout
     model_dir: Path
     s3: S3Access
+    http: HttpAccess
     settings: Mapping[str, Any]  # every setting that shapes the cache
     inputs: _Inputs
     fingerprint: str
@@ -235,10 +271,26 @@ def run_prepare(
     layout = CacheLayout(Path(args.output_dir))
     model_dir = Path(args.model)
     _check_model_dir(model_dir)
-    s3 = S3Access(S3Settings.from_env(os.environ if environ is None else environ))
+    environ = os.environ if environ is None else environ
+    s3 = S3Access(S3Settings.from_env(environ))
+    server = LabelStudioSettings.from_env(args.label_studio_url, environ)
+    if args.project is not None and server is None:
+        raise ConfigError("--project needs --label-studio-url (or LABEL_STUDIO_URL)")
+    http = HttpAccess(
+        HttpSettings(
+            ca_bundle=s3.settings.ca_bundle,
+            connect_timeout=s3.settings.connect_timeout,
+            read_timeout=s3.settings.read_timeout,
+            allowed_hosts=tuple(host.strip().lower() for host in args.allowed_hosts if host.strip()),
+            token=server.api_key if server else None,
+            token_origin=origin(server.url) if server else None,
+        )
+    )
     with ExitStack() as writing:
         with _collector_paused():  # a rerun that finds its cache current ends in here
             scanned = _scan_ahead(read_report(layout.root), s3, args.allowed_buckets)
+            processor = processor_fingerprint(model_dir)
+            inputs = _gather_inputs(args, s3, http, server, scanned)
             settings = {
                 "format_version": FORMAT_VERSION,
                 "language": args.language,
@@ -247,12 +299,11 @@ def run_prepare(
                 "val_fraction": args.val_fraction,
                 "augment_copies": args.augment_copies,
                 "augmentation": asdict(augmentation),
-                "annotation": asdict(args.annotation_settings),
+                "annotation": asdict(inputs.controls.settings),
                 "max_window_seconds": args.max_window_seconds,
                 "noise_examples": args.noise_examples,
-                "processor": processor_fingerprint(model_dir),
+                "processor": processor,
             }
-            inputs = _gather_inputs(args, s3, scanned)
             # Everything that shapes the cache, known before the tokenizer loads: a current cache stops here.
             fingerprint = stable_hash(
                 {
@@ -264,12 +315,16 @@ def run_prepare(
             )
             with _cache_write_errors(layout.root):
                 writing.enter_context(exclusive_lock(layout.root))
+                if args.project is not None:  # what was read, kept beside the cache it made
+                    atomic_write_bytes(layout.root / SERVER_EXPORT_NAME, inputs.raw)
             previous_report = read_report(layout.root)
             if not args.force and previous_report and previous_report.get("fingerprint") == fingerprint:
                 # shards a build left when it was stopped after its report (they are all in the cache)
                 shutil.rmtree(layout.staging, ignore_errors=True)
                 return PrepareSummary(previous_report, current=True)
-        run = PrepareRun(args, augmentation, layout, model_dir, s3, settings, inputs, fingerprint, started)
+        run = PrepareRun(
+            args, augmentation, layout, model_dir, s3, http, settings, inputs, fingerprint, started
+        )
         with _cache_write_errors(layout.root):
             report = _build(run)
     return PrepareSummary(dict(report), current=False)
@@ -310,6 +365,9 @@ class _Inputs:
     """The export and the identity of every recording it names: all the fingerprint needs."""
 
     annotations_sha256: str
+    annotations: str  # where the export came from: its path, s3:// URI or Label Studio project
+    raw: bytes = field(repr=False)  # the export's bytes
+    controls: ResolvedControls  # the control names read, and where each was found
     parsed: ParsedExport
     refs: dict[str, AudioRef]  # audio URI -> where it is, for recordings with transcribed speech
     infos: dict[str, dict[str, Any]]  # audio URI -> size and ETag (or mtime)
@@ -318,11 +376,43 @@ class _Inputs:
 
 
 def _gather_inputs(
-    args: PrepareArguments, s3: S3Access, scanned: Callable[[], dict[Listing, Scan]]
+    args: PrepareArguments,
+    s3: S3Access,
+    http: HttpAccess,
+    server: LabelStudioSettings | None,
+    scanned: Callable[[], dict[Listing, Scan]],
 ) -> _Inputs:
-    raw = read_annotations(args.annotations, s3)
-    parsed = parse_export(load_export(raw, source=args.annotations), args.annotation_settings)
-    return _identify(args, s3, raw, parsed, scanned)
+    """The export (a file, an S3 object, or a server's project) parsed with the controls it names, then
+    where each recording is and its identity."""
+    label_config = read_label_config(args.label_config) if args.label_config else None
+    if args.project is not None:
+        client = LabelStudioClient(server, http)
+        source = client.project_name(args.project)
+        if label_config is None:
+            label_config = parse_label_config(client.label_config(args.project), source=f"{source}'s config")
+        raw = client.export(args.project)
+    else:
+        source, raw = args.annotations, read_annotations(args.annotations, s3)
+    controls, parsed = parse_annotations(raw, args, label_config, source=source)
+    return _identify(args, s3, http, server, source, raw, controls, parsed, scanned)
+
+
+def parse_annotations(
+    raw: bytes, args: PrepareArguments, label_config: LabelConfig | None = None, *, source: str | None = None
+) -> tuple[ResolvedControls, ParsedExport]:
+    """The export's tasks, read with the controls the flags, the labelling config or the export name."""
+    document = load_export(raw, source=source or args.annotations)
+    controls = resolve_controls(document, args.control_names, args.exclude_labels, label_config)
+    return controls, parse_export(document, controls.settings)
+
+
+def read_label_config(location: str) -> LabelConfig:
+    path = Path(location)
+    try:
+        xml = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"cannot read --label-config {location}: {error}") from None
+    return parse_label_config(xml, source=f"--label-config {location}")
 
 
 def _scan_ahead(
@@ -371,7 +461,11 @@ def _scan_ahead(
 def _identify(
     args: PrepareArguments,
     s3: S3Access,
+    http: HttpAccess,
+    server: LabelStudioSettings | None,
+    source: str,
     raw: bytes,
+    controls: ResolvedControls,
     parsed: ParsedExport,
     scanned: Callable[[], dict[Listing, Scan]],
 ) -> _Inputs:
@@ -380,7 +474,8 @@ def _identify(
     refs: dict[str, AudioRef] = {}
     task_of: dict[str, str] = {}
     unresolved: list[Skip] = []
-    root = Path(args.local_files_root) if args.local_files_root else None
+    local_files_root = Path(args.local_files_root) if args.local_files_root else None
+    upload_root = Path(args.upload_root) if args.upload_root else None
     for task in parsed.tasks:
         if not any(region.kind in wanted for region in task.regions):  # noise alone, noise examples off
             unresolved.append(Skip("no_transcribed_speech", task.task_id, task.audio_uri))
@@ -389,10 +484,12 @@ def _identify(
             continue
         try:
             refs[task.audio_uri] = resolve_audio_uri(
-                task.audio_uri,
+                task.location,
                 default_bucket=s3.settings.bucket_name,
-                local_files_root=root,
+                local_files_root=local_files_root,
+                upload_root=upload_root,
                 allowed_buckets=args.allowed_buckets or None,
+                label_studio_url=server.url if server else None,
             )
             task_of[task.audio_uri] = task.task_id
         except UnresolvableAudioError as error:
@@ -405,13 +502,15 @@ def _identify(
     client = s3.client() if buckets else None
     infos: dict[str, dict[str, Any]] = {}
     unavailable: list[Skip] = []
-    stats = stat_all(list(refs.values()), client, args.download_concurrency, scans)
+    stats = stat_all(list(refs.values()), client, args.download_concurrency, scans, http)
     for uri, info in sorted(stats.items()):
         if isinstance(info, AudioSourceError):
             unavailable.append(Skip(info.reason, task_of[uri], uri, str(info)))
         else:
             infos[uri] = asdict(info)
-    return _Inputs(hashlib.sha256(raw).hexdigest(), parsed, refs, infos, unresolved, unavailable)
+    return _Inputs(
+        hashlib.sha256(raw).hexdigest(), source, raw, controls, parsed, refs, infos, unresolved, unavailable
+    )
 
 
 def _build(run: PrepareRun) -> Mapping[str, Any]:
@@ -579,6 +678,7 @@ def _compute(
         in_flight=concurrency + 2 * worker_count(run.args.num_workers),
         download_concurrency=concurrency,
         s3=run.s3,
+        http=run.http,
     )
     with _RecordingProgress(pending) as progress:
         for work, outcome in outcomes:

@@ -19,6 +19,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlparse
 
 from whisper_pipeline.errors import ConfigError, S3Error
+from whisper_pipeline.prepare.http import HttpAccess, HttpError, redact
 
 BODY_ATTEMPTS = 5  # reads of one object's body before giving up (each after botocore's own retries)
 BODY_BACKOFF_S = 0.2  # first wait between body reads, doubled each time
@@ -26,6 +27,7 @@ LIST_MIN_OBJECTS = 32  # below this many objects in a bucket, HEAD each: cheaper
 LIST_OVERREAD = 10  # list at most this many objects per object needed, then HEAD the rest
 LOCAL_FILES_PREFIX = "/data/local-files/"
 UPLOAD_PREFIX = "/data/upload/"
+LABEL_STUDIO_ROOT_FLAGS = {LOCAL_FILES_PREFIX: "--local-files-root", UPLOAD_PREFIX: "--upload-root"}
 
 
 class AudioSourceError(Exception):
@@ -97,13 +99,15 @@ def load_env_file(path: str | Path = ".env") -> None:
 
 @dataclass(frozen=True)
 class AudioRef:
-    """A resolved audio URI: an S3 object or a local file."""
+    """A resolved audio URI: an S3 object, a local file or an http(s) URL (`url`, never shown: `uri` is
+    what messages name, the URL without its query string)."""
 
     uri: str
-    kind: str  # "s3" or "local"
+    kind: str  # "s3", "local" or "http"
     bucket: str | None = None
     key: str | None = None
     path: Path | None = None
+    url: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -144,24 +148,34 @@ def resolve_audio_uri(
     *,
     default_bucket: str | None,
     local_files_root: Path | None,
+    upload_root: Path | None = None,
     allowed_buckets: Sequence[str] | None = None,
+    label_studio_url: str | None = None,
 ) -> AudioRef:
-    """Where `uri` (as written in the export) points; refuses what escapes the allowed places."""
+    """Where `uri` (as written in the export) points; refuses what escapes the allowed places. Label Studio
+    file paths resolve under their root when it is given, else through the server (`label_studio_url`)."""
     uri = uri.strip()
     parsed = urlparse(uri)
+    roots = {LOCAL_FILES_PREFIX: local_files_root, UPLOAD_PREFIX: upload_root}
     if parsed.scheme == "s3":
         bucket, key = split_s3_uri(uri)
         return _checked_bucket(AudioRef(uri, "s3", bucket=bucket, key=key), allowed_buckets)
     if parsed.scheme in ("http", "https"):
-        if parsed.path.startswith((LOCAL_FILES_PREFIX, UPLOAD_PREFIX)):
-            return _label_studio_file(uri, parsed, local_files_root)
-        raise UnresolvableAudioError("unsupported_uri", f"{uri}: http(s) audio URLs are not read; use s3://")
+        prefix = next((p for p in roots if parsed.path.startswith(p)), None)
+        if prefix and (roots[prefix] is not None or not label_studio_url):
+            return _label_studio_file(uri, parsed, roots)
+        if not parsed.hostname:
+            raise UnresolvableAudioError("unsupported_uri", f"{redact(uri)}: no host")
+        return AudioRef(redact(uri), "http", url=uri)  # (the export's URI is shown the same way)
     if parsed.scheme == "file":
         return _local(uri, Path(unquote(parsed.path)))
     if parsed.scheme:
         raise UnresolvableAudioError("unsupported_uri", f"{uri}: unsupported scheme {parsed.scheme!r}")
     if uri.startswith((LOCAL_FILES_PREFIX, UPLOAD_PREFIX)):
-        return _label_studio_file(uri, parsed, local_files_root)
+        prefix = LOCAL_FILES_PREFIX if uri.startswith(LOCAL_FILES_PREFIX) else UPLOAD_PREFIX
+        if roots[prefix] is None and label_studio_url:
+            return AudioRef(uri, "http", url=label_studio_url.rstrip("/") + uri)
+        return _label_studio_file(uri, parsed, roots)
     if uri.startswith("/"):
         return _local(uri, Path(uri))
     if not default_bucket:
@@ -183,20 +197,26 @@ def _local(uri: str, path: Path) -> AudioRef:
     return AudioRef(uri, "local", path=path)
 
 
-def _label_studio_file(uri: str, parsed, root: Path | None) -> AudioRef:
-    """/data/local-files/?d=<relative> and /data/upload/<project>/<file>, under --local-files-root only."""
-    if root is None:
-        raise UnresolvableAudioError(
-            "local_files_root_required", f"{uri}: a Label Studio file path needs --local-files-root"
-        )
-    if parsed.path.startswith(LOCAL_FILES_PREFIX):
+def _label_studio_file(uri: str, parsed, roots: Mapping[str, Path | None]) -> AudioRef:
+    """/data/local-files/?d=<relative> under --local-files-root, /data/upload/<project>/<file> under
+    --upload-root (Label Studio keeps them apart: LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT and
+    <data-dir>/media/upload)."""
+    prefix = LOCAL_FILES_PREFIX if parsed.path.startswith(LOCAL_FILES_PREFIX) else UPLOAD_PREFIX
+    flag = LABEL_STUDIO_ROOT_FLAGS[prefix]
+    if prefix == LOCAL_FILES_PREFIX:
         relative = (parse_qs(parsed.query).get("d") or [""])[0]
     else:
         relative = unquote(parsed.path)[len(UPLOAD_PREFIX) :]
+    root = roots[prefix]
+    if root is None:
+        reason = f"{flag.removeprefix('--').replace('-', '_')}_required"
+        raise UnresolvableAudioError(
+            reason, f"{uri}: a Label Studio file path needs {flag} (or --label-studio-url to fetch it)"
+        )
     base = Path(root).resolve()
     target = (base / relative.lstrip("/")).resolve()  # symlinks followed, then checked
     if not relative or not target.is_relative_to(base) or target == base:
-        raise UnresolvableAudioError("path_escapes_root", f"{uri}: the path leaves --local-files-root")
+        raise UnresolvableAudioError("path_escapes_root", f"{uri}: the path leaves {flag}")
     return AudioRef(uri, "local", path=target)
 
 
@@ -328,12 +348,26 @@ def _local_file_errors(ref: AudioRef) -> Iterator[None]:
         raise AudioSourceError("unreadable_file", f"{ref.uri}: {error.strerror}") from None
 
 
-def stat(ref: AudioRef, client) -> ObjectInfo:
-    """Size and ETag (S3) or size and mtime (local) without reading the content."""
+@contextmanager
+def _http_errors(ref: AudioRef) -> Iterator[None]:
+    """An http(s) failure as the skip it is (its message already redacted)."""
+    try:
+        yield
+    except HttpError as error:
+        raise AudioSourceError(error.reason, str(error), transient=error.transient) from None
+
+
+def stat(ref: AudioRef, client, http: HttpAccess | None = None) -> ObjectInfo:
+    """Size and ETag (S3), size and mtime (local), or size and ETag / Last-Modified (http) without
+    reading the content."""
     if ref.kind == "local":
         with _local_file_errors(ref):
             info = ref.path.stat()
         return ObjectInfo(size=info.st_size, etag=f"{info.st_size}-{info.st_mtime_ns}")
+    if ref.kind == "http":
+        with _http_errors(ref):
+            found = _require_http(http).info(ref.url)
+        return ObjectInfo(size=found.size, etag=found.validator)
     from botocore.exceptions import BotoCoreError, ClientError
 
     try:
@@ -392,7 +426,11 @@ def listings(refs: Sequence[AudioRef]) -> list[Listing]:
 
 
 def stat_all(
-    refs: Sequence[AudioRef], client, concurrency: int, scanned: Mapping[Listing, Scan] | None = None
+    refs: Sequence[AudioRef],
+    client,
+    concurrency: int,
+    scanned: Mapping[Listing, Scan] | None = None,
+    http: HttpAccess | None = None,
 ) -> dict[str, ObjectInfo | AudioSourceError]:
     """`stat` of many recordings by URI: a bucket's objects from its listing (one request per 1000), the
     rest (local files, objects the listing did not show, buckets we may not list) one by one, concurrently.
@@ -412,7 +450,7 @@ def stat_all(
 
     def one(ref: AudioRef) -> ObjectInfo | AudioSourceError:
         try:
-            return stat(ref, client)
+            return stat(ref, client, http)
         except AudioSourceError as error:
             return error
 
@@ -453,14 +491,26 @@ def _classified(ref: AudioRef, error) -> AudioSourceError:
     return AudioSourceError("download_failed", f"{ref.uri}: {code or status}", transient=status >= 500)
 
 
-def read_bytes(ref: AudioRef, client, stats: TransferStats | None = None) -> bytes:
-    """The whole object or file. botocore retries the request; a body cut short, reset or stalled while
-    streaming is read again here (with backoff), since botocore does not retry the stream."""
+def read_bytes(
+    ref: AudioRef, client, stats: TransferStats | None = None, http: HttpAccess | None = None
+) -> bytes:
+    """The whole object, file or URL. botocore retries the request; a body cut short, reset or stalled
+    while streaming is read again here (with backoff), since botocore does not retry the stream (http.py
+    does the same for URLs)."""
     stats = stats or TransferStats()
     if ref.kind == "local":
         with _local_file_errors(ref):
             data = ref.path.read_bytes()
         stats.add(objects=1, size=len(data))
+        return data
+    if ref.kind == "http":
+        access = _require_http(http)
+        before = access.retries
+        with _http_errors(ref):
+            data = access.get(ref.url)
+        stats.add(objects=1, size=len(data), retries=access.retries - before)
+        if not data:
+            raise AudioSourceError("empty_object", f"{ref.uri}: the body is empty (0 bytes)")
         return data
     from botocore.exceptions import BotoCoreError, ClientError
 
@@ -490,3 +540,9 @@ def read_bytes(ref: AudioRef, client, stats: TransferStats | None = None) -> byt
     raise AudioSourceError(
         "download_failed", f"{ref.uri}: failed after {BODY_ATTEMPTS} attempts ({last})", transient=True
     )
+
+
+def _require_http(http: HttpAccess | None) -> HttpAccess:
+    if http is None:  # a caller's bug, not the user's
+        raise RuntimeError("an http(s) audio reference needs an HttpAccess")
+    return http

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, NamedTuple
 
 from whisper_pipeline.cache import TRAIN, VALIDATION
 from whisper_pipeline.constants import CHUNK_SECONDS, MAX_PROMPT_TOKENS, MAX_TARGET_POSITIONS
 from whisper_pipeline.prepare.annotations import Region, RegionKind, Skip, Task
+from whisper_pipeline.prepare.features import timestamp_token
 
 if TYPE_CHECKING:
     from whisper_pipeline.prepare.features import LabelEncoder
@@ -26,7 +27,9 @@ class Window:
 
     `labels`: token ids in Whisper's timestamped form (see LabelEncoder), or the no-speech target for a
     window that holds only excluded (noise) audio. `previous_tokens`: the text tokens of the recording's
-    window before this one (at most MAX_PROMPT_TOKENS, its last ones), what training may condition on."""
+    window before this one (at most MAX_PROMPT_TOKENS, its last ones), what training may condition on.
+    `whole_file`: a whole-file transcription, whose end (here the longest it may be) and end timestamp
+    become the decoded duration's in the worker (`fitted_to`)."""
 
     window_id: str
     task_id: str
@@ -36,6 +39,7 @@ class Window:
     text: str
     labels: tuple[int, ...]
     previous_tokens: tuple[int, ...] = ()
+    whole_file: bool = False
 
     @property
     def duration(self) -> float:
@@ -79,8 +83,11 @@ def pack_windows(
     """A task's windows, in time order: its speech regions greedily packed within both limits (a segment
     each), and, with `no_speech`, each excluded region that overlaps no other region as a no-speech window.
 
-    Gaps between regions are never no-speech windows: they may hold speech nobody transcribed."""
+    Gaps between regions are never no-speech windows: they may hold speech nobody transcribed.
+    A whole-file transcription is the task's one window (see `_whole_file_window`)."""
     speech = [region for region in task.regions if region.kind is RegionKind.SPEECH]
+    if any(region.whole_file for region in speech):
+        return _whole_file_window(task, speech, encoder, max_seconds, max_tokens)
     untranscribed = [region for region in task.regions if region.kind is RegionKind.UNTRANSCRIBED]
     tokens = {region.region_id: encoder.text_tokens(region.text) for region in speech}
     spans: list[_Span] = []
@@ -131,6 +138,37 @@ def pack_windows(
         if text_tokens:
             previous = text_tokens[-MAX_PROMPT_TOKENS:]
     return windows, skips
+
+
+def _whole_file_window(
+    task: Task, speech: list[Region], encoder: LabelEncoder, max_seconds: float, max_tokens: int
+) -> tuple[list[Window], list[Skip]]:
+    """One window over the whole file, its end the longest the recording may be (the worker fits it to the
+    decoded duration, or skips a longer recording). Its transcription already says what the regions drawn
+    beside it say: they are counted skips, not windows of their own (their text would be trained twice)."""
+    whole = [region for region in speech if region.whole_file]
+    skips = [
+        Skip("region_beside_whole_file_text", task.task_id, task.audio_uri, f"region {region.region_id}")
+        for region in speech
+        if not region.whole_file
+    ]
+    text = " ".join(region.text for region in whole)
+    tokens = encoder.text_tokens(text)
+    if (length := encoder.label_length([len(tokens)])) > max_tokens:
+        detail = f"whole-file transcription: {length} tokens > {max_tokens}"
+        return [], [*skips, Skip("labels_too_long", task.task_id, task.audio_uri, detail)]
+    labels = tuple(encoder.labels([(0.0, max_seconds, tokens)]))
+    window_id = f"{task.task_id}/0000"
+    window = Window(window_id, task.task_id, task.audio_uri, 0.0, max_seconds, text, labels, whole_file=True)
+    return [window], skips
+
+
+def fitted_to(window: Window, duration: float, timestamp_ids: tuple[int, ...]) -> Window:
+    """A whole-file window ending at the decoded `duration` (at most its planned end), its end timestamp
+    with it: the labels end with <|end|><|endoftext|> (LabelEncoder.labels)."""
+    end_token = timestamp_token(timestamp_ids, duration)
+    labels = (*window.labels[:-2], end_token, window.labels[-1])
+    return replace(window, end=duration, labels=labels, whole_file=False)
 
 
 def _no_speech_spans(task: Task, encoder: LabelEncoder, max_seconds: float, skips: list[Skip]) -> list[_Span]:

@@ -23,7 +23,10 @@ from whisper_pipeline.prepare.annotations import Skip
 from whisper_pipeline.prepare.audio import AudioDecodeError, cut, decode_audio
 from whisper_pipeline.prepare.augment import AugmentationSettings, augment, augmentation_seed
 from whisper_pipeline.prepare.features import LogMelFeaturizer
-from whisper_pipeline.prepare.windows import Utterance, Window, is_long_form
+from whisper_pipeline.prepare.windows import Utterance, Window, fitted_to, is_long_form
+
+# a whole-file transcription of a recording longer than a window: its words cannot be placed in time
+UNSEGMENTED_OVER_30S = "unsegmented_over_30s"
 
 
 @dataclass(frozen=True)
@@ -107,7 +110,14 @@ def recording_rows(
     skips: list[Skip] = []
     seconds = 0.0
     time_index = {token: index for index, token in enumerate(work.timestamp_ids)}
+    duration = len(samples) / SAMPLE_RATE
     for window in work.windows:
+        if window.whole_file:
+            if duration > window.end:
+                detail = f"{duration:.1f} s > {window.end:g} s"
+                skips.append(Skip(UNSEGMENTED_OVER_30S, window.task_id, work.audio_uri, detail))
+                continue
+            window = fitted_to(window, duration, work.timestamp_ids)
         try:
             clean = cut(samples, window.start, window.end)
         except AudioDecodeError as error:
@@ -141,7 +151,7 @@ def recording_rows(
                     "utterances": [],
                 }
             )
-    if rows and work.utterances is not None and is_long_form(len(samples) / SAMPLE_RATE, work.utterances):
+    if rows and work.utterances is not None and is_long_form(duration, work.utterances):
         rows.append(_whole_recording_row(work, samples, setup.featurizer))
     return rows, skips, seconds
 

@@ -1,0 +1,254 @@
+"""Audio (and Label Studio's API) over http(s): fetched like S3 objects.
+
+Streamed with a size bound, retried with backoff on 5xx, resets, timeouts and bodies cut short; the same
+private CA bundle (AWS_CA_BUNDLE) and timeouts as S3. A URL is identified without its content by its
+ETag / Last-Modified and size (a ranged GET of one byte: presigned URLs are signed for GET, not HEAD).
+Query strings (presigned signatures, tokens) and credentials never appear in a message: every URL shown
+goes through `redact`. One urllib3 pool manager per process (thread-safe).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+from whisper_pipeline.errors import ConfigError
+
+ATTEMPTS = 5  # requests of one URL before giving up
+BACKOFF_S = 0.2  # first wait between attempts, doubled each time
+MAX_AUDIO_BYTES = 2 * 2**30  # one recording's size bound (HTTP_MAX_AUDIO_BYTES overrides)
+CHUNK_BYTES = 1 << 20
+_CONTENT_RANGE = re.compile(r"bytes \d+-\d+/(\d+)")
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    """How URLs are fetched; `token` (Label Studio's API key) goes only to `token_origin`, never shown."""
+
+    ca_bundle: str | None = None
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    max_bytes: int = MAX_AUDIO_BYTES
+    allowed_hosts: tuple[str, ...] = ()  # empty: any host
+    token: str | None = field(default=None, repr=False)
+    token_origin: str | None = None  # scheme://host:port of the Label Studio server
+
+
+# query parameters that sign or authorise a URL (S3, GCS, Azure SAS, CloudFront, generic tokens): never
+# shown, and not part of what identifies the file (a re-signed URL names the same file)
+_SIGNING_PARAMS = frozenset(
+    {
+        *("signature", "expires", "awsaccesskeyid", "key-pair-id", "policy"),  # S3 v2, CloudFront
+        *("sig", "se", "st", "sp", "sv", "sr", "spr", "ses"),  # Azure SAS
+        *("ske", "skoid", "sks", "skt", "sktid", "skv"),
+        *("token", "access_token", "api_key", "apikey"),
+    }
+)
+
+
+def redact(url: str) -> str:
+    """A URL as it may be shown and as it identifies its file: no credentials, no signing or token
+    parameters; other query parameters (which may choose the file) as a short hash of their text, except
+    Label Studio's local-files path (`?d=`), which names a file, not a secret."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    shown = f"{parts.scheme}://{host}{parts.path}"
+    kept = [
+        (name, value)
+        for name, value in parse_qsl(parts.query, keep_blank_values=True)
+        if name.lower() not in _SIGNING_PARAMS and not name.lower().startswith(("x-amz-", "x-goog-"))
+    ]
+    if parts.path.endswith("/data/local-files/") and [name for name, _ in kept] == ["d"]:
+        return f"{shown}?d={kept[0][1]}"
+    if kept:
+        shown += "?…" + hashlib.sha256(urlencode(kept).encode()).hexdigest()[:10]
+    return shown
+
+
+def origin(url: str) -> str:
+    parts = urlsplit(url)
+    port = parts.port or {"http": 80, "https": 443}.get(parts.scheme, 0)
+    return f"{parts.scheme}://{(parts.hostname or '').lower()}:{port}"
+
+
+class HttpError(Exception):
+    """A URL that cannot be fetched: `reason` as AudioSourceError's, `transient` when a rerun may work."""
+
+    def __init__(self, reason: str, message: str, *, transient: bool = False, status: int = 0) -> None:
+        super().__init__(message)
+        self.reason, self.transient, self.status = reason, transient, status
+
+
+@dataclass(frozen=True)
+class UrlInfo:
+    size: int
+    validator: str  # ETag, else Last-Modified, else "" (nothing tells a changed file from the same one)
+
+
+class HttpAccess:
+    """The settings and this process's pool manager (made on first use), with the retries counted."""
+
+    def __init__(self, settings: HttpSettings) -> None:
+        self.settings = settings
+        self.retries = 0
+        self._manager = None
+        self._lock = threading.Lock()
+
+    def manager(self):
+        import urllib3
+
+        with self._lock:
+            if self._manager is None:
+                bundle = self.settings.ca_bundle
+                if bundle and not Path(bundle).is_file():
+                    raise ConfigError(f"AWS_CA_BUNDLE={bundle}: no such file")
+                self._manager = urllib3.PoolManager(
+                    num_pools=16,
+                    maxsize=64,
+                    ca_certs=bundle or None,
+                    timeout=urllib3.Timeout(
+                        connect=self.settings.connect_timeout, read=self.settings.read_timeout
+                    ),
+                    retries=False,  # retried here, body included
+                )
+            return self._manager
+
+    def check_host(self, url: str) -> None:
+        allowed = self.settings.allowed_hosts
+        host = (urlsplit(url).hostname or "").lower()
+        named = self.settings.token_origin == origin(url)  # the Label Studio server the user named
+        if allowed and not named and host not in {name.lower() for name in allowed}:
+            raise HttpError("host_not_allowed", f"{redact(url)}: host {host!r} is not in --allowed-hosts")
+
+    def headers(self, url: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        headers = dict(extra or {})
+        if self.settings.token and self.settings.token_origin == origin(url):
+            headers["Authorization"] = f"Token {self.settings.token}"
+        return headers
+
+    def get(self, url: str, *, headers: Mapping[str, str] | None = None, limit: int | None = None) -> bytes:
+        """The whole body, retried (with backoff) on 5xx, network errors, timeouts and short bodies."""
+        limit = self.settings.max_bytes if limit is None else limit
+        return self._retried(url, lambda: self._get_once(url, headers, limit))
+
+    def post_json(self, url: str, body: object) -> bytes:
+        """A JSON POST's answer (Label Studio's API), retried like a GET."""
+        payload = json.dumps(body).encode()
+        headers = {"Content-Type": "application/json"}
+
+        def once() -> bytes:
+            return self._read(url, self._request(url, headers, method="POST", body=payload), MAX_AUDIO_BYTES)
+
+        return self._retried(url, once)
+
+    def info(self, url: str) -> UrlInfo:
+        """Size and validator without the content (a one-byte ranged GET); a server that ignores the
+        range and names no validator has its body hashed instead."""
+        return self._retried(url, lambda: self._info_once(url))
+
+    def _retried(self, url: str, call):
+        self.check_host(url)
+        last: HttpError | None = None
+        for attempt in range(ATTEMPTS):
+            if attempt:
+                with self._lock:
+                    self.retries += 1
+                time.sleep(BACKOFF_S * 2 ** (attempt - 1))
+            try:
+                return call()
+            except HttpError as error:
+                if not error.transient:
+                    raise
+                last = error
+        assert last is not None
+        raise HttpError(
+            last.reason, f"{last} (after {ATTEMPTS} attempts)", transient=True, status=last.status
+        )
+
+    def _request(
+        self, url: str, headers: Mapping[str, str] | None, *, method: str = "GET", body: bytes | None = None
+    ):
+        import urllib3
+
+        try:
+            headers = self.headers(url, headers)
+            response = self.manager().request(
+                method, url, body=body, headers=headers, preload_content=False, redirect=True
+            )
+        except urllib3.exceptions.SSLError:
+            raise HttpError(
+                "download_failed",
+                f"{redact(url)}: the server's certificate is not trusted: set AWS_CA_BUNDLE to your CA's PEM",
+            ) from None
+        except urllib3.exceptions.HTTPError as error:
+            raise HttpError(
+                "download_failed", f"{redact(url)}: {type(error).__name__}", transient=True
+            ) from None
+        if response.status >= 400:
+            response.drain_conn()
+            response.release_conn()
+            raise _status_error(url, response.status)
+        return response
+
+    def _get_once(self, url: str, headers: Mapping[str, str] | None, limit: int) -> bytes:
+        return self._read(url, self._request(url, headers), limit)
+
+    def _read(self, url: str, response, limit: int) -> bytes:
+        """A response's body within `limit` bytes, all of it (Content-Length checked)."""
+        import urllib3
+
+        try:
+            expected = int(response.headers.get("Content-Length", -1))
+            if expected > limit:
+                raise HttpError("too_large", f"{redact(url)}: {expected} bytes, over the {limit}-byte bound")
+            chunks, size = [], 0
+            for chunk in response.stream(CHUNK_BYTES):
+                size += len(chunk)
+                if size > limit:
+                    raise HttpError("too_large", f"{redact(url)}: over the {limit}-byte bound")
+                chunks.append(chunk)
+        except urllib3.exceptions.HTTPError as error:  # reset, read timeout, body cut short
+            raise HttpError(
+                "download_failed", f"{redact(url)}: {type(error).__name__}", transient=True
+            ) from None
+        finally:
+            response.release_conn()
+        data = b"".join(chunks)
+        if expected >= 0 and len(data) != expected:
+            message = f"{redact(url)}: {len(data)} of {expected} bytes"
+            raise HttpError("download_failed", message, transient=True)
+        return data
+
+    def _info_once(self, url: str) -> UrlInfo:
+        response = self._request(url, {"Range": "bytes=0-0"})
+        try:
+            validator = response.headers.get("ETag") or response.headers.get("Last-Modified") or ""
+            total = _CONTENT_RANGE.match(response.headers.get("Content-Range", ""))
+            if response.status == 206 and total:
+                return UrlInfo(int(total.group(1)), validator)
+            length = response.headers.get("Content-Length")
+            if validator and length is not None:
+                return UrlInfo(int(length), validator)
+        finally:
+            response.drain_conn()
+            response.release_conn()
+        data = self._get_once(url, None, self.settings.max_bytes)
+        return UrlInfo(len(data), "sha256:" + hashlib.sha256(data).hexdigest())
+
+
+def _status_error(url: str, status: int) -> HttpError:
+    if status == 404:
+        return HttpError("missing_object", f"{redact(url)}: not found (404)", status=status)
+    if status in (401, 403):
+        return HttpError("access_denied", f"{redact(url)}: access denied ({status})", status=status)
+    transient = status >= 500 or status == 429
+    return HttpError("download_failed", f"{redact(url)}: HTTP {status}", transient=transient, status=status)
