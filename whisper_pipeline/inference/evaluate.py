@@ -34,10 +34,12 @@ from whisper_pipeline.train.metrics import SCORES, normalize_for_scoring, score,
 from whisper_pipeline.train.modeling import (
     PRECISIONS,
     TORCH_DTYPES,
+    check_adapter_files,
     load_base_model,
     load_trained,
     resolve_precision,
 )
+from whisper_pipeline.writable import check_writable
 
 PROMPT_TOKENS = 4  # <|startoftranscript|><|lang|><|task|><|notimestamps|>
 
@@ -107,6 +109,11 @@ class EvaluateArguments:
             raise ConfigError(f"--split must be one of {', '.join(SPLITS)}, got {self.split!r}")
         if self.batch_size < 1 or self.max_new_tokens < 1:
             raise ConfigError("--batch-size and --max-new-tokens must be positive")
+        if self.adapter:  # before the base model is evaluated, not after
+            check_adapter_files(Path(self.adapter))
+        check_writable(self.output_dir, "--output-dir")
+        if self.annotations and self.eval_cache_dir:
+            check_writable(self.eval_cache_dir, "--eval-cache-dir")
 
 
 @dataclass(frozen=True)

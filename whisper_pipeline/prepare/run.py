@@ -71,6 +71,7 @@ from whisper_pipeline.prepare.sources import (
 )
 from whisper_pipeline.prepare.windows import Window, assign_splits, pack_windows
 from whisper_pipeline.prepare.worker import RecordingOutcome, RecordingWork, WorkerSetup
+from whisper_pipeline.writable import check_writable
 
 EXIT_TOO_MANY_FAILURES = 1
 # Errors of a full, read-only or forbidden output folder: the user's to fix, said in one line.
@@ -219,6 +220,7 @@ def run_prepare(
 ) -> PrepareSummary:
     """Build (or confirm) the cache; raises PipelineError subclasses for what the user must fix."""
     args.validate()
+    check_writable(args.output_dir, "--output-dir")
     augmentation = augmentation or AugmentationSettings()
     started = time.perf_counter()
     layout = CacheLayout(Path(args.output_dir))

@@ -250,22 +250,31 @@ def check_adapter_matches(
     Every saved weight must name a module of `model` with the same shapes (d_model, layer count, vocabulary
     of any saved embedding), and a tokenizer saved with the adapter must have the model's vocabulary.
     """
-    if not (adapter_dir / ADAPTER_CONFIG).is_file():
-        raise ModelError(f"--adapter {adapter_dir} is not a PEFT adapter directory (no {ADAPTER_CONFIG})")
+    weights = check_adapter_files(adapter_dir)
     config = LoraConfig.from_pretrained(str(adapter_dir))
     base = config.base_model_name_or_path or "unknown"
     base_class = (config.auto_mapping or {}).get("base_model_class")
     if base_class and base_class != type(model).__name__:
         raise ModelError(f"--adapter {adapter_dir} was made for a {base_class} (base {base}), not Whisper")
-    weights = _weights_format(adapter_dir, (ADAPTER_SAFETENSORS,), (ADAPTER_PICKLE,))
-    if weights is None:
-        raise ModelError(f"--adapter {adapter_dir} has no weights ({ADAPTER_SAFETENSORS})")
     if weights == "pickle":
         _refuse_pickle("--adapter", adapter_dir, allow_pickle)
     else:
         _check_adapter_shapes(model, adapter_dir, base)
     _check_adapter_vocabulary(model, adapter_dir, base)
     return config
+
+
+def check_adapter_files(adapter_dir: Path) -> str:
+    """The adapter folder exists with a config and weights (their format: safetensors or pickle): what can
+    be checked before any model is loaded."""
+    if not adapter_dir.is_dir():
+        raise ModelError(f"--adapter {adapter_dir}: no such directory")
+    if not (adapter_dir / ADAPTER_CONFIG).is_file():
+        raise ModelError(f"--adapter {adapter_dir} is not a PEFT adapter directory (no {ADAPTER_CONFIG})")
+    weights = _weights_format(adapter_dir, (ADAPTER_SAFETENSORS,), (ADAPTER_PICKLE,))
+    if weights is None:
+        raise ModelError(f"--adapter {adapter_dir} has no weights ({ADAPTER_SAFETENSORS})")
+    return weights
 
 
 def _check_adapter_shapes(model: WhisperForConditionalGeneration, adapter_dir: Path, base: str) -> None:
