@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Prepare a fresh machine: the Debian tools the pipeline and its tests call (when missing) and a
-# virtual environment with the pinned requirements (re-installed only when a requirements file changes).
+# virtual environment with the pinned requirements and this package, editable, with its commands
+# (whisper-prepare, whisper-train, ...: pyproject.toml) on the venv's PATH (requirements re-installed only
+# when a requirements file changes).
 # Usage: scripts/setup_env.sh [requirements file]   (default: requirements-dev.txt)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,4 +34,12 @@ if [ ! -f "$stamp" ]; then
   "$venv/bin/python" -m pip install -q --upgrade pip
   "$venv/bin/python" -m pip install -q -r "$requirements"
   touch "$stamp"
+fi
+# Editable: the commands run this checkout's code (--no-deps: requirements.txt holds the pins); again when
+# pyproject.toml (its commands) changes. Not into a venv linked from another checkout: that would point
+# its commands here.
+installed="$venv/.editable-$(sha256sum pyproject.toml | cut -c1-16)"
+if [ ! -L "$venv" ] && [ ! -f "$installed" ]; then
+  "$venv/bin/python" -m pip install -q --no-deps -e .
+  touch "$installed"
 fi

@@ -141,7 +141,9 @@ def to_ctranslate2(args: CTranslate2Arguments) -> Path:
 
 
 COMMANDS = {"merge": (MergeArguments, merge), "ctranslate2": (CTranslate2Arguments, to_ctranslate2)}
-USAGE = f"usage: python -m whisper_pipeline.inference.export {{{'|'.join(COMMANDS)}}} [--flags]"
+# as typed: the console script (whisper-export), or the module
+PROG = "whisper-export" if Path(sys.argv[0]).name == "whisper-export" else "python -m " + __spec__.name
+USAGE = f"usage: {PROG} {{{'|'.join(COMMANDS)}}} [--flags]"
 HELP = f"""{USAGE}
 
 From a trained adapter to the models people deploy.
