@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Prepare a fresh machine: the Debian tools the pipeline and its tests call (when missing) and a
-# virtual environment with the pinned requirements and this package, editable, with its commands
-# (whisper-prepare, whisper-train, ...: pyproject.toml) on the venv's PATH (requirements re-installed only
-# when a requirements file changes).
+# Prepare a fresh machine: the Debian tools the pipeline and its tests call (when missing; chromium
+# renders report.html in a test) and a virtual environment with the pinned requirements and this package,
+# editable, with its commands (whisper-prepare, whisper-train, ...: pyproject.toml) on the venv's PATH
+# (requirements re-installed only when a requirements file changes).
 # Usage: scripts/setup_env.sh [requirements file]   (default: requirements-dev.txt)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,7 +13,7 @@ venv="${VENV:-.venv}"
 # command -> Debian package
 declare -A debian_packages=(
   [espeak-ng]=espeak-ng [sox]=sox [ffmpeg]=ffmpeg [ffprobe]=ffmpeg
-  [shellcheck]=shellcheck [docker-compose]=docker-compose
+  [shellcheck]=shellcheck [docker-compose]=docker-compose [chromium]=chromium
 )
 missing=()
 for tool in "${!debian_packages[@]}"; do

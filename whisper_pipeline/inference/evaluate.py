@@ -35,6 +35,7 @@ from whisper_pipeline.train.modeling import (
     PRECISIONS,
     TORCH_DTYPES,
     check_adapter_files,
+    limit_new_tokens,
     load_base_model,
     load_trained,
     resolve_precision,
@@ -179,6 +180,7 @@ def transcribe_features(
 ) -> list[str]:
     """Greedy generation in the utterances' language and task, batch by batch."""
     device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
+    limit_new_tokens(model, max_new_tokens)
     hypotheses: list[str] = []
     total = len(utterances.references)
     with torch.inference_mode():
@@ -188,7 +190,6 @@ def transcribe_features(
                 **model_inputs(batch, dtype=dtype, device=device),
                 language=utterances.language,
                 task=utterances.task,
-                max_new_tokens=max_new_tokens,
             )
             hypotheses += [text.strip() for text in tokenizer.batch_decode(ids, skip_special_tokens=True)]
     return hypotheses

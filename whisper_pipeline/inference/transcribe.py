@@ -48,6 +48,7 @@ from whisper_pipeline.train.modeling import (
     PRECISIONS,
     TORCH_DTYPES,
     configure_generation,
+    limit_new_tokens,
     load_base_model,
     load_trained,
     resolve_precision,
@@ -266,6 +267,7 @@ def transformers_transcriber(model_dir: Path, args: TranscribeArguments, languag
     )
     if language:  # checks the code against the model's languages, a one-line error otherwise
         configure_generation(model, language=language, task=args.task)
+    limit_new_tokens(model, args.max_new_tokens)
     device, dtype = "cuda" if torch.cuda.is_available() else "cpu", TORCH_DTYPES[precision]
     model.to(device=device, dtype=dtype).eval()
     processor_dir = adapter_dir if adapter_dir and (adapter_dir / "tokenizer.json").is_file() else model_dir
@@ -300,7 +302,6 @@ def transformers_transcriber(model_dir: Path, args: TranscribeArguments, languag
                 return_timestamps=True,
                 return_segments=True,
                 **prompt,
-                **({"max_new_tokens": args.max_new_tokens} if args.max_new_tokens else {}),
             )
         return [
             _transcript(

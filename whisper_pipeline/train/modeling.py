@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -23,6 +24,7 @@ from transformers.utils import (
     WEIGHTS_NAME,
     is_bitsandbytes_available,
 )
+from transformers.utils import logging as hf_logging
 
 from whisper_pipeline.errors import ConfigError, ModelError
 
@@ -111,13 +113,38 @@ def load_base_model(
         )
         kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}
     try:
-        model = WhisperForConditionalGeneration.from_pretrained(
-            str(model_dir), use_safetensors=weights == "safetensors", local_files_only=True, **kwargs
-        )
+        with _without_loading_bar():
+            model = WhisperForConditionalGeneration.from_pretrained(
+                str(model_dir), use_safetensors=weights == "safetensors", local_files_only=True, **kwargs
+            )
     except (OSError, ValueError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ModelError(f"cannot load --model {model_dir}: {first_line}") from None
     return model
+
+
+def limit_new_tokens(model: WhisperForConditionalGeneration, max_new_tokens: int | None) -> None:
+    """Generate at most `max_new_tokens` per 30 s window (None: Whisper's own limit, from its
+    generation_config.json), set as the config's max_length: Whisper's generate counts that from after the
+    decoder's initial tokens (start, language, task, any prompt), capped at the 448 positions. A
+    max_new_tokens argument instead would be a second limit next to the max_length every config ends up
+    with (Whisper's 448, or generate's default 20), which generate warns about on every call."""
+    if max_new_tokens is not None:
+        model.generation_config.max_length = max_new_tokens
+        model.generation_config.max_new_tokens = None
+
+
+@contextmanager
+def _without_loading_bar() -> Iterator[None]:
+    """transformers 5 draws a "Loading weights" bar for every model it loads, a fraction of a second here, in
+    the middle of the commands' own output: its progress bars off for the load, as they were after."""
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
 
 
 def configure_generation(model: WhisperForConditionalGeneration, *, language: str, task: str) -> None:
