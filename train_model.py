@@ -3,12 +3,12 @@
 
     python train_model.py [CONFIG.yaml] [--model ./model] [--data-dir processed_data] [--output-dir outputs]
     torchrun --nproc-per-node N train_model.py ...    (or: accelerate launch train_model.py ...)
+    (installed: whisper-train ...)
 
 Run with --help for every setting (every Seq2SeqTrainingArguments flag works too).
 """
 
-from whisper_pipeline.errors import exit_without_collecting
-from whisper_pipeline.train.run import main
-
 if __name__ == "__main__":
-    exit_without_collecting(main())
+    from whisper_pipeline.commands import train
+
+    train()

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Prepare a fresh machine: the Debian tools the pipeline and its tests call (when missing) and a
-# virtual environment with the pinned requirements (re-installed only when a requirements file changes).
+# Prepare a fresh machine: the Debian tools the pipeline and its tests call (when missing; chromium
+# renders report.html in a test) and a virtual environment with the pinned requirements and this package,
+# editable, with its commands (whisper-prepare, whisper-train, ...: pyproject.toml) on the venv's PATH
+# (requirements re-installed only when a requirements file changes).
 # Usage: scripts/setup_env.sh [requirements file]   (default: requirements-dev.txt)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,7 +13,7 @@ venv="${VENV:-.venv}"
 # command -> Debian package
 declare -A debian_packages=(
   [espeak-ng]=espeak-ng [sox]=sox [ffmpeg]=ffmpeg [ffprobe]=ffmpeg
-  [shellcheck]=shellcheck [docker-compose]=docker-compose
+  [shellcheck]=shellcheck [docker-compose]=docker-compose [chromium]=chromium
 )
 missing=()
 for tool in "${!debian_packages[@]}"; do
@@ -37,4 +39,13 @@ fi
 # The end-to-end tests run a real Label Studio: in a virtual environment of its own.
 if [ "$requirements" = "requirements-dev.txt" ]; then
   scripts/setup_labelstudio.sh
+fi
+
+# Editable: the commands run this checkout's code (--no-deps: requirements.txt holds the pins); again when
+# pyproject.toml (its commands) changes. Not into a venv linked from another checkout: that would point
+# its commands here.
+installed="$venv/.editable-$(sha256sum pyproject.toml | cut -c1-16)"
+if [ ! -L "$venv" ] && [ ! -f "$installed" ]; then
+  "$venv/bin/python" -m pip install -q --no-deps -e .
+  touch "$installed"
 fi

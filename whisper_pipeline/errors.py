@@ -34,6 +34,10 @@ class ModelError(PipelineError):
     """The model directory (or adapter) is missing, incomplete or does not match."""
 
 
+class OutputError(PipelineError):
+    """An output path cannot be written (under a regular file, read-only, no permission)."""
+
+
 class CacheError(PipelineError):
     """The feature cache is missing, partial, or made for another model."""
 

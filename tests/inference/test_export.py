@@ -156,3 +156,19 @@ def test_faster_whisper_on_the_export_transcribes_like_the_merged_model(base_exp
         actual = faster_whisper_greedy(runtime, audio, clip.language)
         assert actual == expected, (clip.name, actual, expected)
         assert len(expected.split()) >= 3
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_help_describes_each_command(flag, capsys):
+    assert main([flag]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("usage: ")
+    assert {line.split()[0] for line in lines if line.startswith("  ") and line.split()} >= {
+        "merge",
+        "ctranslate2",
+    }
+
+
+def test_no_command_is_a_usage_line(capsys):
+    assert main([]) == 2
+    assert capsys.readouterr().err.startswith("error: usage: ")

@@ -39,6 +39,7 @@ from whisper_pipeline.errors import PipelineError, exit_on_user_error
 from whisper_pipeline.prepare.annotations import AnnotationSettings, RegionKind, load_export, parse_export
 from whisper_pipeline.testing.local_s3 import LocalS3Server
 from whisper_pipeline.train.outputs import ADAPTER_DIR, METRICS_FILE
+from whisper_pipeline.writable import check_writable
 
 REPO = Path(__file__).resolve().parents[2]
 # The commands users type, run as they run them
@@ -98,6 +99,8 @@ def run_demo(args: DemoArguments) -> dict[str, Any]:
     workdir = Path(args.workdir).resolve()
     cache_dir, outputs = workdir / "processed_data", workdir / "outputs"
     model_dir = Path(args.model).resolve()
+    check_writable(workdir, "--workdir")
+    check_writable(model_dir, "--model")
     timings: dict[str, float] = {}
 
     @contextmanager

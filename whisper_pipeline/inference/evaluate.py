@@ -51,10 +51,13 @@ from whisper_pipeline.train.metrics import SCORES, normalize_for_scoring, score,
 from whisper_pipeline.train.modeling import (
     PRECISIONS,
     TORCH_DTYPES,
+    check_adapter_files,
+    limit_new_tokens,
     load_base_model,
     load_trained,
     resolve_precision,
 )
+from whisper_pipeline.writable import check_writable
 
 if TYPE_CHECKING:
     import datasets
@@ -128,6 +131,11 @@ class EvaluateArguments:
             raise ConfigError(f"--split must be one of {', '.join(SPLITS)}, got {self.split!r}")
         if self.batch_size < 1 or self.max_new_tokens < 1:
             raise ConfigError("--batch-size and --max-new-tokens must be positive")
+        if self.adapter:  # before the base model is evaluated, not after
+            check_adapter_files(Path(self.adapter))
+        check_writable(self.output_dir, "--output-dir")
+        if self.annotations and self.eval_cache_dir:
+            check_writable(self.eval_cache_dir, "--eval-cache-dir")
 
 
 @dataclass(frozen=True)
@@ -196,6 +204,7 @@ def transcribe_features(
 ) -> list[str]:
     """Greedy generation in the utterances' language and task, batch by batch."""
     device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
+    limit_new_tokens(model, max_new_tokens)
     hypotheses: list[str] = []
     total = len(utterances.references)
     with torch.inference_mode():
@@ -205,7 +214,6 @@ def transcribe_features(
                 **model_inputs(batch, dtype=dtype, device=device),
                 language=utterances.language,
                 task=utterances.task,
-                max_new_tokens=max_new_tokens,
             )
             hypotheses += [text.strip() for text in tokenizer.batch_decode(ids, skip_special_tokens=True)]
     return hypotheses

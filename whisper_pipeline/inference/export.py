@@ -29,6 +29,7 @@ from whisper_pipeline.config import parse_config
 from whisper_pipeline.errors import ConfigError, ModelError, exit_on_user_error
 from whisper_pipeline.train.modeling import configure_generation, load_trained
 from whisper_pipeline.train.outputs import trained_language_and_task
+from whisper_pipeline.writable import check_writable
 
 QUANTIZATIONS = ("int8_float16", "int8", "float16", "int8_float32", "float32")
 # What faster-whisper reads beside model.bin: the tokenizer and the feature extractor's mel-bin count.
@@ -71,7 +72,9 @@ class CTranslate2Arguments:
 
 
 def _check_output(output: Path, inputs: Sequence[Path]) -> None:
-    """Replacing `output` must not destroy an input, or a folder that is not a model export."""
+    """Replacing `output` must not destroy an input, or a folder that is not a model export; and it must
+    be writable."""
+    check_writable(output, "--output")
     resolved = output.resolve()
     for source in inputs:
         if resolved == source.resolve() or resolved in source.resolve().parents:
@@ -138,15 +141,31 @@ def to_ctranslate2(args: CTranslate2Arguments) -> Path:
 
 
 COMMANDS = {"merge": (MergeArguments, merge), "ctranslate2": (CTranslate2Arguments, to_ctranslate2)}
+# as typed: the console script (whisper-export), or the module
+PROG = "whisper-export" if Path(sys.argv[0]).name == "whisper-export" else "python -m " + __spec__.name
+USAGE = f"usage: {PROG} {{{'|'.join(COMMANDS)}}} [--flags]"
+HELP = f"""{USAGE}
+
+From a trained adapter to the models people deploy.
+
+commands:
+  merge        fold the LoRA adapter (and any trained convolutions) into the base model: a plain Hugging
+               Face Whisper in safetensors, with the processor files and a generation config forcing the
+               training's language and task; runs without peft
+  ctranslate2  convert a merged model to CTranslate2 for faster-whisper (--quantization int8_float16 by
+               default: int8 weights, float16 on GPU, float32 on CPU; float32 is exact)
+
+`COMMAND --help` lists a command's flags."""
 
 
 @exit_on_user_error
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] in (["-h"], ["--help"]):
+        print(HELP)
+        return 0
     if not argv or argv[0] not in COMMANDS:
-        raise ConfigError(
-            f"usage: python -m whisper_pipeline.inference.export {{{'|'.join(COMMANDS)}}} [--flags]"
-        )
+        raise ConfigError(f"{USAGE} (--help describes the commands)")
     arguments_type, command = COMMANDS[argv[0]]
     (args,) = parse_config((arguments_type,), argv[1:])
     output = command(args)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import jiwer
 import numpy as np
 
-from whisper_pipeline.constants import HOP_LENGTH, N_FRAMES, SAMPLE_RATE
+from whisper_pipeline.constants import HOP_LENGTH, MAX_TARGET_POSITIONS, N_FRAMES, SAMPLE_RATE
 from whisper_pipeline.prepare.features import pad_features
 from whisper_pipeline.prepare.windows import Utterance, is_long_form
 from whisper_pipeline.train.metrics import normalize_for_scoring, score
@@ -75,16 +75,14 @@ def generate_segments(
     tokenizer,
     task: str,
     num_beams: int = 1,
-    max_new_tokens: int | None = None,
     prompt_ids: torch.Tensor | None = None,
 ) -> list[list[Span]]:
     """transformers' own Whisper long-form generation (inputs over 3000 frames: window after window, each
-    from the last timestamp of the one before), each input's segments with their times in seconds."""
+    from the last timestamp of the one before), each input's segments with their times in seconds. The
+    length of a window's text is the model's to set (modeling.limit_new_tokens)."""
     import torch
 
-    options = {"max_new_tokens": max_new_tokens} if max_new_tokens else {}
-    if prompt_ids is not None:
-        options["prompt_ids"] = prompt_ids
+    options = {} if prompt_ids is None else {"prompt_ids": prompt_ids}
     with torch.inference_mode():
         generated = model.generate(
             input_features,
@@ -120,10 +118,14 @@ def transcribe_cached(
     model, rows: datasets.Dataset, *, tokenizer, task: str, max_new_tokens: int | None, label: str
 ) -> list[list[Span]]:
     """Each WHOLE_RECORDING row transcribed from its cached log-mel, as `transcribe` would transcribe the
-    recording's audio with this model (one at a time: no padding between recordings)."""
+    recording's audio with this model (one at a time: no padding between recordings). `max_new_tokens`:
+    the longest text of one 30 s window (None: Whisper's limit)."""
     import torch
     from tqdm.auto import tqdm
 
+    from whisper_pipeline.train.modeling import limit_new_tokens
+
+    limit_new_tokens(model, max_new_tokens or MAX_TARGET_POSITIONS)
     device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
     outputs = []
     for row in tqdm(rows, desc=f"long-form {label}", unit="recording", leave=False):
@@ -137,7 +139,6 @@ def transcribe_cached(
             torch.from_numpy(mask)[None].to(device),
             tokenizer=tokenizer,
             task=task,
-            max_new_tokens=max_new_tokens,
         )
         outputs.append(within_recording(segments, row["end"]))
     return outputs

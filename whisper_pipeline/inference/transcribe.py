@@ -50,11 +50,13 @@ from whisper_pipeline.train.modeling import (
     PRECISIONS,
     TORCH_DTYPES,
     configure_generation,
+    limit_new_tokens,
     load_base_model,
     load_trained,
     resolve_precision,
 )
 from whisper_pipeline.train.outputs import trained_language_and_task
+from whisper_pipeline.writable import check_writable
 
 FORMATS = ("text", "json", "srt", "vtt")
 EXTENSIONS = {"text": "txt", "json": "json", "srt": "srt", "vtt": "vtt"}
@@ -271,6 +273,7 @@ def transformers_transcriber(model_dir: Path, args: TranscribeArguments, languag
     )
     if language:  # checks the code against the model's languages, a one-line error otherwise
         configure_generation(model, language=language, task=args.task)
+    limit_new_tokens(model, args.max_new_tokens)
     device, dtype = "cuda" if torch.cuda.is_available() else "cpu", TORCH_DTYPES[precision]
     model.to(device=device, dtype=dtype).eval()
     processor_dir = adapter_dir if adapter_dir and (adapter_dir / "tokenizer.json").is_file() else model_dir
@@ -301,7 +304,6 @@ def transformers_transcriber(model_dir: Path, args: TranscribeArguments, languag
             tokenizer=tokenizer,
             task=args.task,
             num_beams=args.beam_size,
-            max_new_tokens=args.max_new_tokens,
             prompt_ids=prompt_ids,
         )
         return [
@@ -397,9 +399,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise ConfigError(USAGE)
     load_env_file()
     (args,) = parse_config((TranscribeArguments,), flags)
-    paths = _output_paths(uris, args) if args.output_dir else []  # refused before any work
+    # outputs refused before any work
+    if args.output:
+        check_writable(args.output, "--output", folder=False)
+    paths = _output_paths(uris, args) if args.output_dir else []
     transcripts = run(uris, args)
     if args.output_dir:
+        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
         for path, transcript in zip(paths, transcripts, strict=True):
             path.write_text(render([transcript], args.format), encoding="utf-8")
         return 0
@@ -415,7 +421,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _output_paths(uris: Sequence[str], args: TranscribeArguments) -> list[Path]:
     """<output-dir>/<input's name>.<format's extension>; two inputs of one name are refused."""
     directory = Path(args.output_dir)
-    directory.mkdir(parents=True, exist_ok=True)
+    check_writable(directory, "--output-dir")
     names = [f"{PurePosixPath(uri.split('?', 1)[0]).stem}.{EXTENSIONS[args.format]}" for uri in uris]
     if len(set(names)) < len(names):
         raise ConfigError(f"two inputs would both be written as one file in --output-dir {directory}")

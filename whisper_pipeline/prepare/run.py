@@ -80,6 +80,7 @@ from whisper_pipeline.prepare.sources import (
 )
 from whisper_pipeline.prepare.windows import Utterance, Window, assign_splits, pack_windows
 from whisper_pipeline.prepare.worker import RecordingOutcome, RecordingWork, WorkerSetup
+from whisper_pipeline.writable import check_writable
 
 EXIT_TOO_MANY_FAILURES = 1
 SERVER_EXPORT_NAME = "label_studio_export.json"  # the export read from the server, in the output folder
@@ -266,6 +267,7 @@ def run_prepare(
 ) -> PrepareSummary:
     """Build (or confirm) the cache; raises PipelineError subclasses for what the user must fix."""
     args.validate()
+    check_writable(args.output_dir, "--output-dir")
     augmentation = augmentation or AugmentationSettings()
     started = time.perf_counter()
     layout = CacheLayout(Path(args.output_dir))

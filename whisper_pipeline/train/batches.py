@@ -126,8 +126,10 @@ def model_inputs(
     batch: Mapping[str, torch.Tensor], *, dtype: torch.dtype, device: torch.device | str
 ) -> dict[str, torch.Tensor]:
     """A compact batch -> the model's inputs on `device`: input_features [batch, n_mels, 3000] in `dtype`,
-    every frame past a row's audio set to its pad value (equal to `pad_features`, cast to `dtype`); the
-    other keys (labels) moved unchanged, the compact keys dropped.
+    every frame past a row's audio set to its pad value (equal to `pad_features`, cast to `dtype`), and
+    an attention mask of ones: Whisper's encoder attends to all 3000 frames (the padding is what it was
+    trained to see), which `generate` cannot infer from features and warns about; with it SpecAugment draws
+    its time masks as without one. The other keys (labels) moved unchanged, the compact keys dropped.
 
     The one place features are padded, for training, evaluation and generation alike: on a GPU it is a few
     kernels instead of twice the bytes of float32 built by the loader and copied to the device per batch.
@@ -139,6 +141,7 @@ def model_inputs(
     audio = torch.arange(frames, device=device) < batch["num_frames"].to(device)[:, None]
     values = torch.where(audio[:, None, :], features.transpose(1, 2).to(dtype), pad)
     inputs["input_features"] = torch.cat([values, pad.expand(rows, n_mels, N_FRAMES - frames)], dim=2)
+    inputs["attention_mask"] = torch.ones(rows, N_FRAMES, dtype=torch.long, device=device)
     return inputs
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -24,6 +25,7 @@ from transformers.utils import (
     WEIGHTS_NAME,
     is_bitsandbytes_available,
 )
+from transformers.utils import logging as hf_logging
 
 from whisper_pipeline.errors import ConfigError, ModelError
 
@@ -138,13 +140,38 @@ def load_base_model(
         )
         kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}
     try:
-        model = WhisperForConditionalGeneration.from_pretrained(
-            str(model_dir), use_safetensors=weights == "safetensors", local_files_only=True, **kwargs
-        )
+        with _without_loading_bar():
+            model = WhisperForConditionalGeneration.from_pretrained(
+                str(model_dir), use_safetensors=weights == "safetensors", local_files_only=True, **kwargs
+            )
     except (OSError, ValueError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ModelError(f"cannot load --model {model_dir}: {first_line}") from None
     return model
+
+
+def limit_new_tokens(model: WhisperForConditionalGeneration, max_new_tokens: int | None) -> None:
+    """Generate at most `max_new_tokens` per 30 s window (None: Whisper's own limit, from its
+    generation_config.json), set as the config's max_length: Whisper's generate counts that from after the
+    decoder's initial tokens (start, language, task, any prompt), capped at the 448 positions. A
+    max_new_tokens argument instead would be a second limit next to the max_length every config ends up
+    with (Whisper's 448, or generate's default 20), which generate warns about on every call."""
+    if max_new_tokens is not None:
+        model.generation_config.max_length = max_new_tokens
+        model.generation_config.max_new_tokens = None
+
+
+@contextmanager
+def _without_loading_bar() -> Iterator[None]:
+    """transformers 5 draws a "Loading weights" bar for every model it loads, a fraction of a second here, in
+    the middle of the commands' own output: its progress bars off for the load, as they were after."""
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
 
 
 def configure_generation(model: WhisperForConditionalGeneration, *, language: str, task: str) -> None:
@@ -277,22 +304,31 @@ def check_adapter_matches(
     Every saved weight must name a module of `model` with the same shapes (d_model, layer count, vocabulary
     of any saved embedding), and a tokenizer saved with the adapter must have the model's vocabulary.
     """
-    if not (adapter_dir / ADAPTER_CONFIG).is_file():
-        raise ModelError(f"--adapter {adapter_dir} is not a PEFT adapter directory (no {ADAPTER_CONFIG})")
+    weights = check_adapter_files(adapter_dir)
     config = LoraConfig.from_pretrained(str(adapter_dir))
     base = config.base_model_name_or_path or "unknown"
     base_class = (config.auto_mapping or {}).get("base_model_class")
     if base_class and base_class != type(model).__name__:
         raise ModelError(f"--adapter {adapter_dir} was made for a {base_class} (base {base}), not Whisper")
-    weights = _weights_format(adapter_dir, (ADAPTER_SAFETENSORS,), (ADAPTER_PICKLE,))
-    if weights is None:
-        raise ModelError(f"--adapter {adapter_dir} has no weights ({ADAPTER_SAFETENSORS})")
     if weights == "pickle":
         _refuse_pickle("--adapter", adapter_dir, allow_pickle)
     else:
         _check_adapter_shapes(model, adapter_dir, base)
     _check_adapter_vocabulary(model, adapter_dir, base)
     return config
+
+
+def check_adapter_files(adapter_dir: Path) -> str:
+    """The adapter folder exists with a config and weights (their format: safetensors or pickle): what can
+    be checked before any model is loaded."""
+    if not adapter_dir.is_dir():
+        raise ModelError(f"--adapter {adapter_dir}: no such directory")
+    if not (adapter_dir / ADAPTER_CONFIG).is_file():
+        raise ModelError(f"--adapter {adapter_dir} is not a PEFT adapter directory (no {ADAPTER_CONFIG})")
+    weights = _weights_format(adapter_dir, (ADAPTER_SAFETENSORS,), (ADAPTER_PICKLE,))
+    if weights is None:
+        raise ModelError(f"--adapter {adapter_dir} has no weights ({ADAPTER_SAFETENSORS})")
+    return weights
 
 
 def _check_adapter_shapes(model: WhisperForConditionalGeneration, adapter_dir: Path, base: str) -> None:

@@ -4,6 +4,7 @@ adapter/                     best adapter: safetensors + adapter config + proces
 metrics.json                 baseline, every evaluation, best, training loss/speed/runtime
 predictions_validation.jsonl reference, hypothesis and WER of every validation utterance (best model)
 train_config.yaml            every resolved setting + cache fingerprint + package version
+report.html                  loss/WER curves, worst validation utterances with a word diff, settings
 runs/                        TensorBoard logs
 checkpoint-*/                resumable checkpoints (--resume-from-checkpoint PATH|auto)
 """
@@ -24,6 +25,7 @@ from whisper_pipeline import __version__
 from whisper_pipeline.config import to_plain_dict
 from whisper_pipeline.train.metrics import ComputeMetrics, percent, utterance_wers
 from whisper_pipeline.train.modeling import save_adapter
+from whisper_pipeline.train.report import REPORT_FILE, write_report
 
 if TYPE_CHECKING:
     from transformers import Seq2SeqTrainingArguments, TrainerState
@@ -98,12 +100,13 @@ def trained_language_and_task(adapter_dir: Path) -> tuple[str | None, str | None
 def write_results(
     output_dir: Path, model, processor, metrics: Mapping[str, Any], sources: Sequence[Mapping[str, Any]], best
 ) -> None:
-    """The best adapter, metrics.json and the validation predictions (first process only)."""
+    """The best adapter, metrics.json, the validation predictions and report.html (first process only)."""
     save_adapter(model, processor, output_dir / ADAPTER_DIR)
     (output_dir / METRICS_FILE).write_text(
         json.dumps(metrics, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
     )
-    _write_predictions(output_dir / PREDICTIONS_FILE, sources, best, processor.tokenizer)
+    predictions = _write_predictions(output_dir / PREDICTIONS_FILE, sources, best, processor.tokenizer)
+    write_report(output_dir, metrics, predictions, read_config(output_dir))
 
 
 def _scores(entry: Mapping[str, Any], prefix: str = "eval_") -> dict[str, Any]:
@@ -149,17 +152,20 @@ def metrics_record(
     }
 
 
-def _write_predictions(path: Path, sources: Sequence[Mapping[str, Any]], prediction, tokenizer) -> None:
+def _write_predictions(
+    path: Path, sources: Sequence[Mapping[str, Any]], prediction, tokenizer
+) -> list[dict[str, Any]]:
     """One JSON line per clean validation utterance: where it is from, reference, hypothesis, its WER."""
     decode = ComputeMetrics(tokenizer).decode
     references, hypotheses = decode(prediction.label_ids), decode(prediction.predictions)
-    lines = [
-        json.dumps({**source, "reference": ref, "hypothesis": hyp, **scores}, ensure_ascii=False)
+    records = [
+        {**source, "reference": ref, "hypothesis": hyp, **scores}
         for source, ref, hyp, scores in zip(
             sources, references, hypotheses, utterance_wers(references, hypotheses), strict=True
         )
     ]
-    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    return records
 
 
 def _versions() -> dict[str, str]:
@@ -247,7 +253,8 @@ def format_summary(report: TrainingReport) -> str:
         lines.append(f"  long-form    {name:<8} {_long_form_line(scores)}")
     lines += [
         f"  outputs      {out / ADAPTER_DIR}, {out / METRICS_FILE},",
-        f"               {out / PREDICTIONS_FILE}, {out / CONFIG_FILE}",
+        f"               {out / PREDICTIONS_FILE}, {out / CONFIG_FILE},",
+        f"               {out / REPORT_FILE} (open it in a browser)",
         f"  tensorboard  tensorboard --logdir {out / 'runs'}",
     ]
     return "\n".join(lines)

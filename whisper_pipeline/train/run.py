@@ -58,6 +58,7 @@ from whisper_pipeline.train.outputs import (
     write_results,
 )
 from whisper_pipeline.train.trainer import DecoderTokens, WhisperDataCollator, WhisperTrainer
+from whisper_pipeline.writable import check_writable
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,7 @@ def run_training(
     training_args: PipelineTrainingArguments,
 ) -> TrainingReport:
     """Train, select by WER, write the outputs (first process only); raises PipelineError for user errors."""
+    check_writable(training_args.output_dir, "--output-dir")
     precision = _precision(model_args, training_args)
     quantization = check_quantization(model_args.load_in_8bit, model_args.load_in_4bit)
     resume = _resume_checkpoint(training_args)
