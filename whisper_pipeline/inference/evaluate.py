@@ -19,7 +19,7 @@ import gc
 import json
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +46,7 @@ from whisper_pipeline.inference.longform import (
     transcribe_cached,
 )
 from whisper_pipeline.prepare.audio import cut
+from whisper_pipeline.prepare.run import AnnotationSource, PrepareArguments, run_prepare
 from whisper_pipeline.train.batches import CacheRows, feature_batch, model_inputs
 from whisper_pipeline.train.metrics import SCORES, normalize_for_scoring, score, utterance_wers
 from whisper_pipeline.train.modeling import (
@@ -66,8 +67,9 @@ PROMPT_TOKENS = 4  # <|startoftranscript|><|lang|><|task|><|notimestamps|>
 
 
 @dataclass
-class EvaluateArguments:
-    """Settings of `python -m whisper_pipeline.inference.evaluate` (flags, or keys of a YAML/JSON file)."""
+class EvaluateArguments(AnnotationSource):
+    """Settings of `python -m whisper_pipeline.inference.evaluate` (flags, or keys of a YAML/JSON file);
+    those of AnnotationSource read a held-out --annotations export or --project as prepare_data.py does."""
 
     model: str = field(default="./model", metadata={"help": "Base Whisper directory."})
     adapter: str | None = field(
@@ -85,12 +87,6 @@ class EvaluateArguments:
     eval_cache_dir: str | None = field(
         default=None, metadata={"help": "Cache for --annotations (default: <output-dir>/cache)."}
     )
-    local_files_root: str | None = field(
-        default=None, metadata={"help": "As prepare_data.py: root of Label Studio local-files URIs."}
-    )
-    text_from_name: str = field(default="transcription", metadata={"help": "As prepare_data.py."})
-    label_from_name: str = field(default="label", metadata={"help": "As prepare_data.py."})
-    exclude_labels: list[str] = field(default_factory=lambda: ["noise"], metadata={"help": "As prepare."})
     output_dir: str = field(default="outputs/evaluation", metadata={"help": "Where results are written."})
     language: str | None = field(default=None, metadata={"help": "Forced language (default: the cache's)."})
     task: str | None = field(default=None, metadata={"help": "Forced task (default: the cache's)."})
@@ -153,7 +149,7 @@ class Utterances:
 
 def load_utterances(args: EvaluateArguments) -> Utterances:
     """Clean (not augmented) rows of the chosen split, or of the prepared --annotations export."""
-    if args.annotations:
+    if args.annotations or args.project is not None:
         cache, split = _prepare_annotations(args), "validation"
     else:
         cache, split = open_cache(Path(args.data_dir), model_dir=Path(args.model)), args.split
@@ -164,7 +160,11 @@ def load_utterances(args: EvaluateArguments) -> Utterances:
     language, task = args.language or settings.get("language"), args.task or settings.get("task")
     if not language or not task:
         raise ConfigError("the cache report does not say its language/task: pass --language and --task")
-    source = args.annotations or f"{cache.root} ({split})"
+    source = (
+        args.annotations
+        or (f"Label Studio project {args.project}" if args.project is not None else None)
+        or f"{cache.root} ({split})"
+    )
     return Utterances(
         features=CacheRows(rows),
         references=list(rows["text"]),
@@ -178,11 +178,11 @@ def load_utterances(args: EvaluateArguments) -> Utterances:
 
 def _prepare_annotations(args: EvaluateArguments) -> PreparedCache:
     """The export through prepare_data.py's own path, every recording in the validation split."""
-    from whisper_pipeline.prepare.run import PrepareArguments, run_prepare
-
     cache_dir = Path(args.eval_cache_dir or Path(args.output_dir) / "cache")
+    source = {name.name: getattr(args, name.name) for name in fields(AnnotationSource)}
     prepare_args = PrepareArguments(
-        annotations=args.annotations,
+        **source,
+        **({"annotations": args.annotations} if args.annotations else {}),
         output_dir=str(cache_dir),
         model=args.model,
         language=args.language or "vi",
@@ -190,10 +190,6 @@ def _prepare_annotations(args: EvaluateArguments) -> PreparedCache:
         val_fraction=1.0,
         augment_copies=0,
         max_window_regions=1,  # short-form: each utterance alone; long-form: the recordings kept whole
-        text_from_name=args.text_from_name,
-        label_from_name=args.label_from_name,
-        exclude_labels=list(args.exclude_labels),
-        local_files_root=args.local_files_root,
     )
     run_prepare(prepare_args)
     return open_cache(cache_dir, model_dir=Path(args.model))

@@ -89,25 +89,10 @@ _WRITE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPE
 
 
 @dataclass
-class PrepareArguments:
-    """Settings of prepare_data.py (flags, or keys of a YAML/JSON config file)."""
+class AnnotationSource:
+    """Where a Label Studio project's annotations and audio are, and how its results are read: shared by
+    prepare_data.py and `evaluate --annotations/--project`."""
 
-    annotations: str = field(
-        default="annotations.json",
-        metadata={"help": "Label Studio full JSON export: a local path or s3://bucket/key.json"},
-    )
-    output_dir: str = field(default="processed_data", metadata={"help": "Where the feature cache goes."})
-    model: str = field(
-        default="./model", metadata={"help": "Whisper directory (tokenizer, feature extractor)."}
-    )
-    language: str = field(default="vi", metadata={"help": "Language token of the labels."})
-    task: str = field(default="transcribe", metadata={"help": "transcribe or translate."})
-    val_fraction: float = field(
-        default=0.1,
-        metadata={"help": "Share of recordings held out for validation (1: all, an evaluation-only cache)."},
-    )
-    seed: int = field(default=42, metadata={"help": "Seeds the split and the augmentation."})
-    augment_copies: int = field(default=1, metadata={"help": "Augmented variants per training window."})
     text_from_name: str | None = field(
         default=None,
         metadata={"help": "TextArea of the transcription (default: the label config's or the export's)."},
@@ -153,6 +138,32 @@ class PrepareArguments:
         default=None,
         metadata={"help": "Label Studio project id: read straight from the server (not --annotations)."},
     )
+
+    @property
+    def control_names(self) -> ControlNames:
+        return ControlNames(self.text_from_name, self.label_from_name, self.audio_key)
+
+
+@dataclass
+class PrepareArguments(AnnotationSource):
+    """Settings of prepare_data.py (flags, or keys of a YAML/JSON config file)."""
+
+    annotations: str = field(
+        default="annotations.json",
+        metadata={"help": "Label Studio full JSON export: a local path or s3://bucket/key.json"},
+    )
+    output_dir: str = field(default="processed_data", metadata={"help": "Where the feature cache goes."})
+    model: str = field(
+        default="./model", metadata={"help": "Whisper directory (tokenizer, feature extractor)."}
+    )
+    language: str = field(default="vi", metadata={"help": "Language token of the labels."})
+    task: str = field(default="transcribe", metadata={"help": "transcribe or translate."})
+    val_fraction: float = field(
+        default=0.1,
+        metadata={"help": "Share of recordings held out for validation (1: all, an evaluation-only cache)."},
+    )
+    seed: int = field(default=42, metadata={"help": "Seeds the split and the augmentation."})
+    augment_copies: int = field(default=1, metadata={"help": "Augmented variants per training window."})
     num_workers: int = field(default=0, metadata={"help": "Feature worker processes (0 = CPU cores)."})
     download_concurrency: int = field(default=16, metadata={"help": "Concurrent audio downloads."})
     max_window_seconds: float = field(default=CHUNK_SECONDS, metadata={"help": "Longest window (<= 30 s)."})
@@ -190,10 +201,6 @@ class PrepareArguments:
             raise ConfigError(f"--task must be transcribe or translate, got {self.task!r}")
         if not 0 <= self.max_skip_fraction <= 1:
             raise ConfigError(f"--max-skip-fraction must be in [0, 1], got {self.max_skip_fraction}")
-
-    @property
-    def control_names(self) -> ControlNames:
-        return ControlNames(self.text_from_name, self.label_from_name, self.audio_key)
 
 
 class TooManyFailures(PipelineError):
