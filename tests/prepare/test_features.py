@@ -149,7 +149,7 @@ def test_a_transformers5_processor_config_is_read_where_transformers_reads_it(tm
     assert LogMelFeaturizer.from_pretrained(tmp_path).n_mels == 128
     (tmp_path / "preprocessor_config.json").unlink()
     assert LogMelFeaturizer.from_pretrained(tmp_path).n_mels == 128
-    (tmp_path / "processor_config.json").write_text('{"processor_class": "WhisperProcessor"}', encoding="utf-8")
+    (tmp_path / "processor_config.json").write_text('{"processor_class": "WhisperProcessor"}')
     with pytest.raises(ModelError, match=r"no feature extractor settings \(preprocessor_config\.json"):
         LogMelFeaturizer.from_pretrained(tmp_path)
 

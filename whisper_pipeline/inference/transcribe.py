@@ -5,8 +5,9 @@
 
 AUDIO: local files, s3:// URIs (S3 settings from the environment or .env) or http(s) URLs (presigned ones
 too: fetched as prepare fetches them, with AWS_CA_BUNDLE, retries and a size bound; shown without their
-query string), in any format the pipeline decodes. --model is a CTranslate2 directory (model.bin: run by faster-whisper) or a Hugging Face one
-(config.json + safetensors: run by transformers, with --adapter applied if given).
+query string), in any format the pipeline decodes. --model is a CTranslate2 directory (model.bin: run by
+faster-whisper) or a Hugging Face one (config.json + safetensors: run by transformers, with --adapter
+applied if given).
 
 Audio longer than 30 s is transcribed the way OpenAI's Whisper does it, in both runtimes: window after window
 of 30 s, each starting where the last complete segment of the previous one ended, every segment with its
@@ -43,10 +44,10 @@ from whisper_pipeline.prepare.sources import (
     AudioRef,
     AudioSourceError,
     S3Settings,
+    http_settings,
     load_env_file,
     make_s3_client,
     read_bytes,
-    http_settings,
     resolve_audio_uri,
     stat,
 )
