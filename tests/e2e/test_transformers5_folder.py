@@ -36,44 +36,41 @@ def test_a_transformers5_folder_goes_through_every_stage(
     prepared = open_cache(cache, model_dir=model)
     assert len(prepared.train) > 0 and len(prepared.validation) > 0
 
-    outputs = tmp_path / "outputs"
-    assert train.main(
-        ["--model", str(model), "--data-dir", str(cache), "--output-dir", str(outputs), "--max-steps", "1",
-         "--per-device-train-batch-size", "2", "--generation-max-length", "8", "--lora-r", "4",
-         "--lora-alpha", "8", "--disable-tqdm", "true", "--long-form-max-new-tokens", "8"]
-    ) == 0  # fmt: skip
-    assert (outputs / "adapter" / "adapter_model.safetensors").is_file()
-    assert evaluate.main(
-        ["--model", str(model), "--adapter", str(outputs / "adapter"), "--data-dir", str(cache),
-         "--output-dir", str(tmp_path / "evaluation"), "--max-new-tokens", "8", "--long-form", "false"]
-    ) == 0  # fmt: skip
-    assert (
-        json.loads((tmp_path / "evaluation" / "evaluation.json").read_text(encoding="utf-8"))["examples"] > 0
+    outputs, evaluation, merged, ct2 = (
+        tmp_path / name for name in ("outputs", "evaluation", "merged", "ct2")
     )
-
-    merged, ct2 = tmp_path / "merged", tmp_path / "ct2"
-    assert (
-        export.main(
-            ["merge", "--model", str(model), "--adapter", str(outputs / "adapter"), "--output", str(merged)]
-        )
-        == 0
-    )
-    # straight from the transformers 5 folder: faster-whisper reads only a flat preprocessor_config.json
-    assert (
-        export.main(["ctranslate2", "--model", str(model), "--output", str(ct2), "--quantization", "float32"])
-        == 0
-    )
+    adapter = outputs / "adapter"
+    steps = {
+        "train": lambda: train.main(
+            ["--model", str(model), "--data-dir", str(cache), "--output-dir", str(outputs),
+             "--max-steps", "1", "--per-device-train-batch-size", "2", "--generation-max-length", "8",
+             "--lora-r", "4", "--lora-alpha", "8", "--disable-tqdm", "true",
+             "--long-form-max-new-tokens", "8"]
+        ),
+        "evaluate": lambda: evaluate.main(
+            ["--model", str(model), "--adapter", str(adapter), "--data-dir", str(cache),
+             "--output-dir", str(evaluation), "--max-new-tokens", "8", "--long-form", "false"]
+        ),
+        "merge": lambda: export.main(
+            ["merge", "--model", str(model), "--adapter", str(adapter), "--output", str(merged)]
+        ),
+        # straight from the transformers 5 folder: faster-whisper reads only a flat preprocessor_config.json
+        "ctranslate2": lambda: export.main(
+            ["ctranslate2", "--model", str(model), "--output", str(ct2), "--quantization", "float32"]
+        ),
+    }  # fmt: skip
+    for name, step in steps.items():
+        assert step() == 0, name
+    assert json.loads((evaluation / "evaluation.json").read_text(encoding="utf-8"))["examples"] > 0
+    assert (merged / "model.safetensors").is_file()
     written = json.loads((ct2 / "preprocessor_config.json").read_text(encoding="utf-8"))
     nested = json.loads((model / "processor_config.json").read_text(encoding="utf-8"))["feature_extractor"]
     assert written == nested
     assert len(WhisperModel(str(ct2), device="cpu").feature_extractor.mel_filters) == nested["feature_size"]
 
     audio = str(speech_clips[0].paths["wav"])
-    for folder in (model, ct2):  # the transformers runtime on the folder itself, faster-whisper on its export
+    for folder in (model, ct2):  # transformers on the folder itself, faster-whisper on its export
         capsys.readouterr()
-        assert (
-            transcribe.main([audio, "--model", str(folder), "--max-new-tokens", "4", "--language", "vi"]) == 0
-        )
-        assert (
-            capsys.readouterr().out.count("\n") == 1
-        )  # one file's text (random weights: what it says means nothing)
+        flags = ["--model", str(folder), "--max-new-tokens", "4", "--language", "vi"]
+        assert transcribe.main([audio, *flags]) == 0
+        assert capsys.readouterr().out.count("\n") == 1  # one file's text (random weights: any text)
