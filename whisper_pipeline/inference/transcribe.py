@@ -213,11 +213,11 @@ def resolve_inputs(uris: Sequence[str], local_files_root: Path | None) -> tuple[
 def read_audio(
     uris: Sequence[str], refs: Sequence[AudioRef], readers: AudioReaders
 ) -> Iterator[tuple[str, np.ndarray]]:
-    """Decoded one at a time: many long recordings never sit in memory together."""
+    """Decoded one at a time: many long recordings never sit in memory together. Each under its `uri` as
+    given (the caller's key); messages name it as `shown_uri` does."""
     for uri, ref in zip(uris, refs, strict=True):
-        name = shown_uri(uri)
         try:
-            yield name, decode_audio(read_bytes(ref, readers.s3, http=readers.http), name=name)
+            yield uri, decode_audio(read_bytes(ref, readers.s3, http=readers.http), name=shown_uri(uri))
         except (AudioSourceError, AudioDecodeError) as error:
             raise PipelineError(f"cannot read {error}") from None
 
@@ -403,7 +403,7 @@ def run(uris: Sequence[str], args: TranscribeArguments) -> list[Transcript]:
     make = ctranslate2_transcriber if is_ctranslate2(model_dir) else transformers_transcriber
     transcribe = make(model_dir, args, language)
     transcripts: list[Transcript] = []
-    audio = read_audio(uris, refs, readers)
+    audio = ((shown_uri(uri), samples) for uri, samples in read_audio(uris, refs, readers))
     with tqdm(total=len(uris), desc="transcribing", unit="file", disable=len(uris) < 2) as progress:
         while batch := list(islice(audio, args.batch_size)):
             transcripts += transcribe(batch)
