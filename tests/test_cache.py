@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import pyarrow as pa
 import pytest
 
@@ -12,6 +15,7 @@ from whisper_pipeline.cache import (
     CacheLayout,
     cache_features,
     load_split,
+    processor_fingerprint,
     read_report,
 )
 
@@ -50,3 +54,13 @@ def test_leaving_without_a_swap_leaves_no_build_behind(tmp_path):
         raise RuntimeError("stopped")
     assert not (layout.root / ".build").exists()
     assert read_report(layout.root) is None
+
+
+def test_a_transformers5_processor_config_is_in_the_processor_fingerprint(transformers5_model_dir, tmp_path):
+    """It holds the feature extractor there (no preprocessor_config.json): changing it changes the cache."""
+    model = shutil.copytree(transformers5_model_dir, tmp_path / "model")
+    before = processor_fingerprint(model)
+    config = json.loads((model / "processor_config.json").read_text(encoding="utf-8"))
+    config["feature_extractor"]["feature_size"] = 128
+    (model / "processor_config.json").write_text(json.dumps(config), encoding="utf-8")
+    assert processor_fingerprint(model) != before

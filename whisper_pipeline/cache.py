@@ -58,6 +58,7 @@ STAGING_NAME = ".staging"
 SPLIT_DATA_FILE = "data-00000-of-00001.arrow"  # the name save_to_disk gives a one-file split
 PROCESSOR_FILES = (
     "preprocessor_config.json",
+    "processor_config.json",  # transformers 5's WhisperProcessor.save_pretrained nests the extractor here
     "tokenizer.json",
     "vocab.json",
     "merges.txt",

@@ -19,6 +19,7 @@ import pytest
 from tests.fixtures.training import train_adapter
 from whisper_pipeline.constants import SAMPLE_RATE
 from whisper_pipeline.inference.transcribe import main
+from whisper_pipeline.testing.http_files import HttpFileServer
 from whisper_pipeline.testing.synthetic import encode_audio
 
 REPO = Path(__file__).resolve().parents[2]
@@ -160,6 +161,39 @@ def test_missing_audio_is_one_line_before_any_model_loads(tiny_model_dir, tmp_pa
     result = transcribe(tmp_path / "missing.flac", "--model", tiny_model_dir)
     assert result.returncode == 2
     assert result.stderr == f"error: cannot read {tmp_path / 'missing.flac'}: no such file\n"
+
+
+def test_http_audio_is_fetched_with_retries_and_named_without_its_signature(
+    tiny_model_dir, speech_clips, tmp_path, capsys
+):
+    """A presigned-style URL through a server that fails twice first; the transcript names it without
+    its query string, as does the one-line error of a missing URL."""
+    clip = speech_clips[0]
+    shutil.copy(clip.paths["wav"], tmp_path / "a clip.wav")
+    with HttpFileServer(tmp_path) as files:
+        url = f"{files.url}/a%20clip.wav?X-Amz-Signature=s3cr3t&X-Amz-Expires=600"
+        files.fail_next(1, "status", 503)
+        files.fail_next(1, "reset")
+        flags = [
+            "--model",
+            str(tiny_model_dir),
+            "--format",
+            "json",
+            "--max-new-tokens",
+            "4",
+            "--language",
+            "vi",
+        ]
+        assert main([url, *flags]) == 0
+        captured = capsys.readouterr()
+        (transcript,) = json.loads(captured.out)
+        assert transcript["audio"] == f"{files.url}/a%20clip.wav"
+        assert transcript["duration"] == pytest.approx(clip.duration, abs=1 / SAMPLE_RATE)
+        assert files.requests.count("/a clip.wav") == 4  # two failed tries, the size and ETag, the body
+        assert main([f"{files.url}/gone.wav?token=t0k", *flags]) == 2
+        missing = capsys.readouterr().err
+        assert missing == f"error: cannot read {files.url}/gone.wav: not found (404)\n"
+    assert "s3cr3t" not in captured.out + captured.err and "t0k" not in missing
 
 
 @pytest.mark.parametrize(

@@ -139,6 +139,21 @@ def test_mel_filters_are_the_extractors(tmp_path, feature_size):
     np.testing.assert_array_equal(featurizer.mel_filters, extractor.mel_filters.astype(np.float32))
 
 
+def test_a_transformers5_processor_config_is_read_where_transformers_reads_it(tmp_path):
+    """WhisperProcessor.save_pretrained (transformers 5) nests the extractor in processor_config.json;
+    beside an older preprocessor_config.json the nested one wins, in transformers as here."""
+    WhisperFeatureExtractor(feature_size=80).save_pretrained(tmp_path)
+    nested = {"feature_extractor": WhisperFeatureExtractor(feature_size=128).to_dict()}
+    (tmp_path / "processor_config.json").write_text(json.dumps(nested), encoding="utf-8")
+    assert WhisperFeatureExtractor.from_pretrained(tmp_path).feature_size == 128
+    assert LogMelFeaturizer.from_pretrained(tmp_path).n_mels == 128
+    (tmp_path / "preprocessor_config.json").unlink()
+    assert LogMelFeaturizer.from_pretrained(tmp_path).n_mels == 128
+    (tmp_path / "processor_config.json").write_text('{"processor_class": "WhisperProcessor"}')
+    with pytest.raises(ModelError, match=r"no feature extractor settings \(preprocessor_config\.json"):
+        LogMelFeaturizer.from_pretrained(tmp_path)
+
+
 @pytest.mark.parametrize("seconds", [12.0, 30.0, 41.37])
 def test_a_whole_recording_is_the_extractors_long_form_input(
     featurizer, feature_extractor, long_speech, seconds

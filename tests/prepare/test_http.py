@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import base64
+import json
+
 import pytest
 
-from whisper_pipeline.prepare.http import ATTEMPTS, HttpAccess, HttpError, HttpSettings, redact
+from whisper_pipeline.prepare.http import (
+    ATTEMPTS,
+    HttpAccess,
+    HttpError,
+    HttpSettings,
+    is_refresh_token,
+    origin,
+    redact,
+)
 from whisper_pipeline.testing.http_files import HttpFileServer
 
 BODY = bytes(range(256)) * 64
@@ -53,3 +64,22 @@ def test_a_url_is_identified_by_size_and_etag_and_named_without_its_signature(fi
     assert access.info(url).validator != first.validator
     shown = f"{files.url}/a%20clip.wav"
     assert redact(url) == redact(f"{shown}?X-Amz-Signature=two") == shown
+
+
+def _jwt(payload: dict) -> str:
+    def part(value: dict) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+
+    return f"{part({'alg': 'HS256', 'typ': 'JWT'})}.{part(payload)}.c2lnbmF0dXJl"
+
+
+def test_a_legacy_key_goes_as_token_to_its_server_only_and_a_refresh_jwt_is_told_apart():
+    """(The exchange of a personal access token against the real server: test_label_studio.py.)"""
+    key = "5e1f0c3a9b7d4e2f8a6c1b0d9e8f7a6b5c4d3e2f"
+    access = HttpAccess(HttpSettings(token=key, token_origin=origin("http://ls.example:8080")))
+    assert access.headers("http://ls.example:8080/api/projects/1") == {"Authorization": f"Token {key}"}
+    assert access.headers("http://audio.example/a.wav") == {}
+    assert access.headers("https://ls.example:8080/api/projects/1") == {}  # another origin
+    assert is_refresh_token(_jwt({"token_type": "refresh", "user_id": 1}))
+    assert not is_refresh_token(_jwt({"token_type": "access", "user_id": 1}))
+    assert not is_refresh_token(key) and not is_refresh_token("a.b.c")

@@ -12,12 +12,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 
 from tests.fixtures.label_studio import LabelStudioServer
 from whisper_pipeline.cache import open_cache
 from whisper_pipeline.constants import SAMPLE_RATE, TIME_PRECISION
+from whisper_pipeline.errors import ConfigError
 from whisper_pipeline.prepare.augment import AugmentationSettings
-from whisper_pipeline.prepare.run import SERVER_EXPORT_NAME, PrepareArguments, run_prepare
+from whisper_pipeline.prepare.http import HttpAccess, HttpSettings, origin
+from whisper_pipeline.prepare.label_studio import LabelStudioClient, LabelStudioSettings
+from whisper_pipeline.prepare.report import format_summary
+from whisper_pipeline.prepare.run import (
+    SERVER_EXPORT_NAME,
+    PrepareArguments,
+    PrepareSummary,
+    main,
+    run_prepare,
+)
 from whisper_pipeline.testing.http_files import HttpFileServer
 from whisper_pipeline.testing.synthetic import Part, compose, encode_audio, synthesize
 
@@ -33,7 +44,7 @@ def _write(path: Path, samples: np.ndarray) -> Path:
     return path
 
 
-def _prepare(tmp_path: Path, model: Path, **flags) -> dict:
+def _run(tmp_path: Path, model: Path, **flags) -> PrepareSummary:
     """prepare with default control flags: only where things are, and no augmentation or validation."""
     environ = flags.pop("environ", {})
     args = PrepareArguments(
@@ -44,7 +55,11 @@ def _prepare(tmp_path: Path, model: Path, **flags) -> dict:
         num_workers=1,
         **flags,
     )
-    return run_prepare(args, AugmentationSettings(), environ=environ).report
+    return run_prepare(args, AugmentationSettings(), environ=environ)
+
+
+def _prepare(tmp_path: Path, model: Path, **flags) -> dict:
+    return _run(tmp_path, model, **flags).report
 
 
 def _kept(cache_dir: Path) -> dict[str, list[dict]]:
@@ -108,6 +123,46 @@ def test_whole_file_template_keeps_each_short_file_whole_and_counts_long_ones(
         assert (row["start"], row["end"]) == (0.0, pytest.approx(duration, abs=1 / SAMPLE_RATE))
         # the end timestamp is the decoded duration's: <|start|> text <|end|> <|endoftext|>
         assert row["labels"][-2] - row["labels"][3] == round(duration / TIME_PRECISION)
+
+
+def test_speech_transcription_template_straight_from_the_server(
+    label_studio: LabelStudioServer, tiny_model_dir, tmp_path
+):
+    """The built-in "Speech Transcription" template (Labels "label"; per-region TextArea and Choices shown
+    for Speech only, so a Noise region is a labels result alone), read with --project, its audio through
+    the server."""
+    hello, weather = synthesize(HELLO), synthesize(WEATHER)
+    buzz = np.full(SAMPLE_RATE // 2, 0.01, np.float32)
+    samples, regions = compose([Part(hello, HELLO), Part(buzz, "", "Noise"), Part(weather, WEATHER)])
+    _write(label_studio.files_root / "speech-transcription" / "call.wav", samples)
+    project = label_studio.create_project("speech", label_studio.template("speech-transcription"))
+    label_studio.add_local_storage(project, label_studio.files_root / "speech-transcription")
+    results = []
+    for index, region in enumerate(regions):
+        span = {"start": region.start, "end": region.end, "channel": 0}
+        region_id, label = f"st{index}", region.label.capitalize()
+        results.append(
+            {"value": {**span, "labels": [label]}, "id": region_id, "from_name": "label", "to_name": "audio",
+             "type": "labels", "origin": "manual"}
+        )  # fmt: skip
+        if label == "Speech":
+            results += [
+                {"value": {**span, "text": [region.text]}, "id": region_id, "from_name": "transcription",
+                 "to_name": "audio", "type": "textarea", "origin": "manual"},
+                {"value": {**span, "choices": ["Neutral"]}, "id": region_id, "from_name": "sentiment",
+                 "to_name": "audio", "type": "choices", "origin": "manual"},
+            ]  # fmt: skip
+    (task,) = label_studio.tasks(project)
+    label_studio.annotate(task["id"], results)
+
+    report = _prepare(
+        tmp_path, tiny_model_dir, label_studio_url=label_studio.url, project=project, environ=label_studio.env
+    )
+    assert report["controls"]["text_from_name"] == "transcription"
+    assert report["controls"]["label_from_name"] == "label"
+    assert report["controls"]["found_in"]["label_from_name"] == "label config"
+    assert report["skips"]["by_reason"] == {"excluded_label": 1}
+    assert _by_kind(_kept(tmp_path / "cache")) == {"local": f"{HELLO} {WEATHER}"}  # the Noise region cut out
 
 
 @pytest.fixture(scope="module")
@@ -175,6 +230,114 @@ def test_segments_template_keeps_speech_never_noise_text_from_three_sources(
     serialized = json.dumps(report)
     assert "secret-signature" not in serialized and "X-Amz" not in serialized
     assert "/http clip.wav" in files.requests
+
+
+def test_label_config_flag_and_a_changed_http_file_is_recomputed_alone(
+    label_studio: LabelStudioServer, segments_project, tiny_model_dir, tmp_path, capsys
+):
+    """prepare_data.py's flags with --label-config FILE.xml: the controls named by it; an unchanged rerun
+    is current; an http file changed on its server (same duration, other content) is recomputed, the others
+    reused."""
+    project, expected, files = segments_project
+    export, config = tmp_path / "export.json", tmp_path / "config.xml"
+    export.write_bytes(label_studio.export(project))
+    config.write_text(label_studio.template("automatic-speech-recognition-using-segments"), encoding="utf-8")
+    output = tmp_path / "cache"
+    argv = [
+        "--annotations", str(export), "--label-config", str(config), "--model", str(tiny_model_dir),
+        "--output-dir", str(output), "--val-fraction", "0", "--augment-copies", "0", "--num-workers", "1",
+        "--local-files-root", str(label_studio.files_root), "--upload-root", str(label_studio.upload_root),
+    ]  # fmt: skip
+    assert main(argv) == 0
+    assert 'labels "labels" (label config)' in capsys.readouterr().out
+    assert _by_kind(_kept(output)) == expected
+    assert main(argv) == 0
+    assert "cache is current" in capsys.readouterr().out
+
+    clip = files.root / "http clip.wav"
+    original = clip.read_bytes()
+    samples, _ = sf.read(clip, dtype="float32")
+    try:
+        _write(clip, samples * 0.5)
+        assert main(argv) == 0
+        assert "cache is current" not in capsys.readouterr().out
+        recordings = json.loads((output / "prepare_report.json").read_text())["recordings"]
+        assert (recordings["computed"], recordings["reused"]) == (1, 2)
+        assert _by_kind(_kept(output)) == expected
+    finally:
+        clip.write_bytes(original)
+
+
+@pytest.fixture(scope="module")
+def personal_access_token(label_studio: LabelStudioServer) -> str:
+    """A personal access token (a JWT refresh token) of the test user, made through the server's API as
+    its Account & Settings page makes it."""
+    token = label_studio.api("POST", "/api/token/")["token"]
+    assert token.count(".") == 2 and token != label_studio.token
+    return token
+
+
+def test_a_personal_access_token_reads_the_project_and_a_new_annotation_rebuilds(
+    label_studio: LabelStudioServer, segments_project, personal_access_token, tiny_model_dir, tmp_path
+):
+    """LABEL_STUDIO_API_KEY a personal access token: exchanged for access tokens (Bearer) for the API and
+    the audio served by the server; a rerun is current until an annotation is posted, then rebuilds."""
+    project, expected, _ = segments_project
+    environ = {"LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": personal_access_token}
+    first = _run(tmp_path, tiny_model_dir, project=project, environ=environ)
+    assert not first.current and _by_kind(_kept(tmp_path / "cache")) == expected
+    assert _run(tmp_path, tiny_model_dir, project=project, environ=environ).current
+
+    (task,) = [task for task in label_studio.tasks(project) if task["data"]["audio"].startswith("http://")]
+    (previous,) = label_studio.api("GET", f"/api/tasks/{task['id']}/annotations")
+    corrected = "Hôm nay trời đẹp."
+    edited = [
+        {**result, "value": {**result["value"], "text": [corrected]}}
+        if result["type"] == "textarea"
+        else result
+        for result in previous["result"]
+    ]
+    label_studio.annotate(task["id"], edited)  # the newest annotation is the one read
+    try:
+        rebuilt = _run(tmp_path, tiny_model_dir, project=project, environ=environ)
+        assert not rebuilt.current and "cache is current" not in format_summary(rebuilt)
+        assert (rebuilt.report["recordings"]["computed"], rebuilt.report["recordings"]["reused"]) == (1, 2)
+        assert _by_kind(_kept(tmp_path / "cache")) == {**expected, "http": corrected}
+    finally:
+        label_studio.annotate(task["id"], previous["result"])  # the fixture's annotation, newest again
+    for path in (tmp_path / "cache").iterdir():
+        if path.is_file():
+            assert personal_access_token.encode() not in path.read_bytes()
+
+
+def test_an_expired_access_token_is_exchanged_again(
+    label_studio: LabelStudioServer, segments_project, personal_access_token
+):
+    """Access tokens last minutes, a run hours: a 401 to a Bearer token exchanges the personal access token
+    again and repeats the request once."""
+    project = segments_project[0]
+    settings = LabelStudioSettings(label_studio.url, personal_access_token)
+    http = HttpAccess(
+        HttpSettings(
+            token=settings.api_key,
+            token_origin=origin(settings.url),
+            token_refresh_url=settings.token_refresh_url,
+        )
+    )
+    client = LabelStudioClient(settings, http)
+    assert "<Labels" in client.label_config(project)
+    http._access_token = "expired"  # as an access token the server no longer accepts
+    assert "<Labels" in client.label_config(project)
+    assert http._access_token != "expired"
+    wrong = LabelStudioSettings(label_studio.url, personal_access_token[:-4] + "AAAA")  # a bad signature
+    bad = HttpAccess(
+        HttpSettings(
+            token=wrong.api_key, token_origin=origin(wrong.url), token_refresh_url=wrong.token_refresh_url
+        )
+    )
+    with pytest.raises(ConfigError, match=r"rejected LABEL_STUDIO_API_KEY \(401\)") as rejected:
+        LabelStudioClient(wrong, bad).label_config(project)
+    assert personal_access_token[:20] not in str(rejected.value)
 
 
 def test_straight_from_the_server_with_default_flags(

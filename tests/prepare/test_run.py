@@ -23,7 +23,7 @@ from tests.fixtures.cache import cache_digest, prepare_arguments, prepare_comman
 from tests.fixtures.processes import kill_in_phase
 from whisper_pipeline.cache import clean_rows, exclusive_lock, open_cache, whole_recordings
 from whisper_pipeline.constants import TIME_PRECISION
-from whisper_pipeline.errors import CacheError
+from whisper_pipeline.errors import CacheError, ModelError
 from whisper_pipeline.prepare import run as prepare
 from whisper_pipeline.prepare.audio import cut, decode_audio
 from whisper_pipeline.prepare.augment import AugmentationSettings
@@ -247,6 +247,14 @@ def test_new_recordings_cost_only_their_own_work_and_do_not_move_old_ones(
     fresh.annotations = args.annotations
     run_prepare(fresh, AugmentationSettings(), environ=staged_corpus.env)
     assert cache_digest(root) == cache_digest(tmp_path / "fresh")
+
+
+def test_a_model_folder_needs_its_tokenizer_and_extractor_settings_in_either_layout(
+    transformers5_model_dir, tmp_path
+):
+    prepare._check_model_dir(transformers5_model_dir)  # processor_config.json, no preprocessor_config.json
+    with pytest.raises(ModelError, match=r"missing preprocessor_config\.json or processor_config\.json, tok"):
+        prepare._check_model_dir(tmp_path)
 
 
 def test_a_second_run_on_the_same_folder_is_refused_clearly(prepared_cache, staged_corpus, tiny_model_dir):

@@ -19,6 +19,7 @@ leaves a half-written model where a runtime would load it.
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,13 +28,15 @@ from pathlib import Path
 from whisper_pipeline.atomic import write_directory_atomically
 from whisper_pipeline.config import parse_config
 from whisper_pipeline.errors import ConfigError, ModelError, exit_on_user_error
+from whisper_pipeline.prepare.features import PREPROCESSOR_CONFIG, feature_extractor_settings
 from whisper_pipeline.train.modeling import configure_generation, load_trained
 from whisper_pipeline.train.outputs import trained_language_and_task
 from whisper_pipeline.writable import check_writable
 
 QUANTIZATIONS = ("int8_float16", "int8", "float16", "int8_float32", "float32")
-# What faster-whisper reads beside model.bin: the tokenizer and the feature extractor's mel-bin count.
-CT2_REQUIRED_FILES = ("tokenizer.json", "preprocessor_config.json")
+# What faster-whisper reads beside model.bin: the tokenizer, copied, and the feature extractor's settings
+# (its mel-bin count), written as preprocessor_config.json wherever the merged model holds them.
+CT2_TOKENIZER = "tokenizer.json"
 # Not read by faster-whisper: kept so `transcribe` knows the language the model was exported for.
 CT2_OPTIONAL_FILES = ("generation_config.json",)
 
@@ -126,15 +129,17 @@ def to_ctranslate2(args: CTranslate2Arguments) -> Path:
         raise ModelError(
             f"--model {model_dir} has no safetensors weights (a merged model has model.safetensors)"
         )
-    missing = [name for name in CT2_REQUIRED_FILES if not (model_dir / name).is_file()]
-    if missing:
-        raise ModelError(f"--model {model_dir} lacks {', '.join(missing)} (faster-whisper needs them)")
+    if not (model_dir / CT2_TOKENIZER).is_file():
+        raise ModelError(f"--model {model_dir} lacks {CT2_TOKENIZER} (faster-whisper needs it)")
+    _, feature_extractor = feature_extractor_settings(model_dir)  # faster-whisper needs them too
     _check_output(output, [model_dir])
-    copied = [*CT2_REQUIRED_FILES, *(name for name in CT2_OPTIONAL_FILES if (model_dir / name).is_file())]
+    copied = [CT2_TOKENIZER, *(name for name in CT2_OPTIONAL_FILES if (model_dir / name).is_file())]
 
     def write(folder: Path) -> None:
         converter = ctranslate2.converters.TransformersConverter(str(model_dir), copy_files=copied)
         converter.convert(str(folder), quantization=args.quantization, force=True)
+        # faster-whisper reads only this file, flat: a transformers 5 processor_config.json is not read
+        (folder / PREPROCESSOR_CONFIG).write_text(json.dumps(feature_extractor, indent=2), encoding="utf-8")
 
     write_directory_atomically(output, write)
     return output

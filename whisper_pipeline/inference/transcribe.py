@@ -3,9 +3,11 @@
     python -m whisper_pipeline.inference.transcribe AUDIO... --model outputs/merged|outputs/ct2
         [--adapter DIR] [--language vi] [--format text|json|srt] [--output FILE]
 
-AUDIO: local files or s3:// URIs (S3 settings from the environment or .env), in any format the pipeline
-decodes. --model is a CTranslate2 directory (model.bin: run by faster-whisper) or a Hugging Face one
-(config.json + safetensors: run by transformers, with --adapter applied if given).
+AUDIO: local files, s3:// URIs (S3 settings from the environment or .env) or http(s) URLs (presigned ones
+too: fetched as prepare fetches them, with AWS_CA_BUNDLE, retries and a size bound; shown without their
+query string), in any format the pipeline decodes. --model is a CTranslate2 directory (model.bin: run by
+faster-whisper) or a Hugging Face one (config.json + safetensors: run by transformers, with --adapter
+applied if given).
 
 Audio longer than 30 s is transcribed the way OpenAI's Whisper does it, in both runtimes: window after window
 of 30 s, each starting where the last complete segment of the previous one ended, every segment with its
@@ -26,6 +28,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from itertools import islice
 from pathlib import Path, PurePosixPath
+from urllib.parse import unquote, urlsplit
 
 import numpy as np
 import torch
@@ -36,10 +39,12 @@ from whisper_pipeline.constants import N_FRAMES, SAMPLE_RATE
 from whisper_pipeline.errors import ConfigError, ModelError, PipelineError, exit_on_user_error
 from whisper_pipeline.inference.longform import clamp_time, generate_segments
 from whisper_pipeline.prepare.audio import AudioDecodeError, decode_audio
+from whisper_pipeline.prepare.http import HttpAccess, redact
 from whisper_pipeline.prepare.sources import (
     AudioRef,
     AudioSourceError,
     S3Settings,
+    http_settings,
     load_env_file,
     make_s3_client,
     read_bytes,
@@ -169,11 +174,24 @@ def exported_language(model_dir: Path, adapter_dir: Path | None) -> str | None:
         return None
 
 
-def resolve_inputs(
-    uris: Sequence[str], local_files_root: Path | None
-) -> tuple[list[AudioRef], object | None]:
+@dataclass
+class AudioReaders:
+    """What reads the inputs: an S3 client (made when an s3:// input needs it) and the http(s) access."""
+
+    s3: object | None
+    http: HttpAccess
+
+
+def shown_uri(uri: str) -> str:
+    """An input as transcripts and messages name it: a URL without its query string (presigned
+    signatures, tokens) or credentials."""
+    return redact(uri) if uri.startswith(("http://", "https://")) else uri
+
+
+def resolve_inputs(uris: Sequence[str], local_files_root: Path | None) -> tuple[list[AudioRef], AudioReaders]:
     """Every input located and checked before any model loads: a missing one is a one-line error."""
-    client = None
+    settings = S3Settings.from_env(os.environ)
+    readers = AudioReaders(None, HttpAccess(http_settings(settings)))
     refs = []
     for uri in uris:
         relative_path = "://" not in uri and not uri.startswith("/")
@@ -183,20 +201,23 @@ def resolve_inputs(
                 default_bucket=None,
                 local_files_root=local_files_root,
             )
-            if ref.kind == "s3" and client is None:
-                client = make_s3_client(S3Settings.from_env(os.environ))
-            stat(ref, client)
+            if ref.kind == "s3" and readers.s3 is None:
+                readers.s3 = make_s3_client(settings)
+            stat(ref, readers.s3, readers.http)
         except AudioSourceError as error:
             raise PipelineError(f"cannot read {error}") from None
         refs.append(ref)
-    return refs, client
+    return refs, readers
 
 
-def read_audio(uris: Sequence[str], refs: Sequence[AudioRef], client) -> Iterator[tuple[str, np.ndarray]]:
-    """Decoded one at a time: many long recordings never sit in memory together."""
+def read_audio(
+    uris: Sequence[str], refs: Sequence[AudioRef], readers: AudioReaders
+) -> Iterator[tuple[str, np.ndarray]]:
+    """Decoded one at a time: many long recordings never sit in memory together. Each under its `uri` as
+    given (the caller's key); messages name it as `shown_uri` does."""
     for uri, ref in zip(uris, refs, strict=True):
         try:
-            yield uri, decode_audio(read_bytes(ref, client), name=uri)
+            yield uri, decode_audio(read_bytes(ref, readers.s3, http=readers.http), name=shown_uri(uri))
         except (AudioSourceError, AudioDecodeError) as error:
             raise PipelineError(f"cannot read {error}") from None
 
@@ -377,12 +398,12 @@ def run(uris: Sequence[str], args: TranscribeArguments) -> list[Transcript]:
             "--vad-filter and --word-timestamps are faster-whisper's: give a CTranslate2 --model"
         )
     root = Path(args.local_files_root) if args.local_files_root else None
-    refs, client = resolve_inputs(uris, root)
+    refs, readers = resolve_inputs(uris, root)
     language = args.language or exported_language(model_dir, Path(args.adapter) if args.adapter else None)
     make = ctranslate2_transcriber if is_ctranslate2(model_dir) else transformers_transcriber
     transcribe = make(model_dir, args, language)
     transcripts: list[Transcript] = []
-    audio = read_audio(uris, refs, client)
+    audio = ((shown_uri(uri), samples) for uri, samples in read_audio(uris, refs, readers))
     with tqdm(total=len(uris), desc="transcribing", unit="file", disable=len(uris) < 2) as progress:
         while batch := list(islice(audio, args.batch_size)):
             transcripts += transcribe(batch)
@@ -422,10 +443,17 @@ def _output_paths(uris: Sequence[str], args: TranscribeArguments) -> list[Path]:
     """<output-dir>/<input's name>.<format's extension>; two inputs of one name are refused."""
     directory = Path(args.output_dir)
     check_writable(directory, "--output-dir")
-    names = [f"{PurePosixPath(uri.split('?', 1)[0]).stem}.{EXTENSIONS[args.format]}" for uri in uris]
+    names = [f"{_input_path(uri).stem}.{EXTENSIONS[args.format]}" for uri in uris]
     if len(set(names)) < len(names):
         raise ConfigError(f"two inputs would both be written as one file in --output-dir {directory}")
     return [directory / name for name in names]
+
+
+def _input_path(uri: str) -> PurePosixPath:
+    """The path an input names: a URL's decoded (`http%20clip.wav?X-Amz-...` -> `http clip.wav`)."""
+    if uri.startswith(("http://", "https://")):
+        return PurePosixPath(unquote(urlsplit(uri).path))
+    return PurePosixPath(uri.split("?", 1)[0])
 
 
 if __name__ == "__main__":

@@ -34,7 +34,40 @@ from whisper_pipeline.errors import ConfigError, ModelError
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
-PREPROCESSOR_CONFIG = "preprocessor_config.json"
+PREPROCESSOR_CONFIG = "preprocessor_config.json"  # the feature extractor's own file
+# transformers 5's WhisperProcessor.save_pretrained (and Trainer checkpoints) write the feature extractor's
+# settings nested in this one, under "feature_extractor", and no preprocessor_config.json
+PROCESSOR_CONFIG = "processor_config.json"
+FEATURE_EXTRACTOR_FILES = (PROCESSOR_CONFIG, PREPROCESSOR_CONFIG)
+
+
+def _json_object(path: Path) -> dict:
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise ModelError(f"cannot read the feature extractor settings {path}: {error}") from None
+    if not isinstance(config, dict):
+        raise ModelError(f"{path}: expected a JSON object")
+    return config
+
+
+def feature_extractor_settings(model_dir: Path) -> tuple[Path, dict]:
+    """The feature extractor's settings where transformers takes them from, and that file: nested in
+    processor_config.json when it holds them (they win there), else preprocessor_config.json."""
+    model_dir = Path(model_dir)
+    processor, own = model_dir / PROCESSOR_CONFIG, model_dir / PREPROCESSOR_CONFIG
+    if processor.is_file():
+        nested = _json_object(processor).get("feature_extractor")
+        if isinstance(nested, dict):
+            return processor, nested
+        if nested is not None:
+            raise ModelError(f"{processor}: its feature_extractor is not a JSON object")
+    if not own.is_file():
+        raise ModelError(
+            f"{model_dir} has no feature extractor settings ({PREPROCESSOR_CONFIG}, or {PROCESSOR_CONFIG} "
+            "with a feature_extractor)"
+        )
+    return own, _json_object(own)
 
 
 @dataclass(frozen=True)
@@ -85,17 +118,12 @@ class LogMelFeaturizer:
     def from_pretrained(cls, model_dir: Path) -> LogMelFeaturizer:
         """The log-mel of the model directory's WhisperFeatureExtractor, without loading that class: its
         module imports torch, which the main process of prepare_data.py does not otherwise need. The settings
-        come from its preprocessor_config.json, the mel filters are built as its constructor builds them.
-        Refuses another geometry or dithering, which would make it another log-mel."""
+        come from its preprocessor_config.json (or transformers 5's processor_config.json), the mel filters
+        are built as its constructor builds them. Refuses another geometry or dithering, which would make it
+        another log-mel."""
         from transformers.audio_utils import mel_filter_bank
 
-        path = Path(model_dir) / PREPROCESSOR_CONFIG
-        try:
-            config = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as error:
-            raise ModelError(f"cannot read the feature extractor settings {path}: {error}") from None
-        if not isinstance(config, dict):
-            raise ModelError(f"{path}: expected a JSON object")
+        path, config = feature_extractor_settings(model_dir)
         sampling_rate = config.get("sampling_rate", SAMPLE_RATE)
         n_fft = config.get("n_fft", N_FFT)
         hop_length = config.get("hop_length", HOP_LENGTH)

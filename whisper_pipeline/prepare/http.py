@@ -5,10 +5,17 @@ private CA bundle (AWS_CA_BUNDLE) and timeouts as S3. A URL is identified withou
 ETag / Last-Modified and size (a ranged GET of one byte: presigned URLs are signed for GET, not HEAD).
 Query strings (presigned signatures, tokens) and credentials never appear in a message: every URL shown
 goes through `redact`. One urllib3 pool manager per process (thread-safe).
+
+Label Studio's key goes to its server only: a legacy key as `Authorization: Token KEY`; a personal access
+token (a JWT refresh token, what Label Studio 1.23 gives new users) is exchanged at its
+`/api/token/refresh/` for a short-lived access token sent as `Bearer`, exchanged again when the server
+answers 401 (an access token lasts minutes, a run hours).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
 import re
@@ -24,6 +31,7 @@ from whisper_pipeline.errors import ConfigError
 ATTEMPTS = 5  # requests of one URL before giving up
 BACKOFF_S = 0.2  # first wait between attempts, doubled each time
 MAX_AUDIO_BYTES = 2 * 2**30  # one recording's size bound (HTTP_MAX_AUDIO_BYTES overrides)
+MAX_API_BYTES = 2**20  # an access token's answer
 CHUNK_BYTES = 1 << 20
 _CONTENT_RANGE = re.compile(r"bytes \d+-\d+/(\d+)")
 
@@ -39,6 +47,20 @@ class HttpSettings:
     allowed_hosts: tuple[str, ...] = ()  # empty: any host
     token: str | None = field(default=None, repr=False)
     token_origin: str | None = None  # scheme://host:port of the Label Studio server
+    token_refresh_url: str | None = None  # where a personal access token is exchanged for access tokens
+
+
+def is_refresh_token(token: str) -> bool:
+    """A JWT whose payload says `"token_type": "refresh"`: a Label Studio personal access token (a legacy
+    key is 40 hex digits)."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return False
+    try:
+        payload = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (ValueError, binascii.Error):
+        return False
+    return isinstance(payload, dict) and payload.get("token_type") == "refresh"
 
 
 # query parameters that sign or authorise a URL (S3, GCS, Azure SAS, CloudFront, generic tokens): never
@@ -102,6 +124,8 @@ class HttpAccess:
         self.retries = 0
         self._manager = None
         self._lock = threading.Lock()
+        self._access_token: str | None = None  # from a personal access token
+        self._access_lock = threading.Lock()
 
     def manager(self):
         import urllib3
@@ -131,9 +155,39 @@ class HttpAccess:
 
     def headers(self, url: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         headers = dict(extra or {})
-        if self.settings.token and self.settings.token_origin == origin(url):
-            headers["Authorization"] = f"Token {self.settings.token}"
+        token = self.settings.token
+        if token and self.settings.token_origin == origin(url):
+            if is_refresh_token(token):
+                headers["Authorization"] = f"Bearer {self._access(stale=None)}"
+            else:
+                headers["Authorization"] = f"Token {token}"
         return headers
+
+    def _access(self, stale: str | None) -> str:
+        """The access token of the personal access token: exchanged once, and again when `stale` (the one
+        the server refused) is still the current one, so that threads refused together exchange once."""
+        with self._access_lock:
+            if self._access_token is None or self._access_token == stale:
+                self._access_token = self._exchange()
+            return self._access_token
+
+    def _exchange(self) -> str:
+        url = self.settings.token_refresh_url
+        if not url:  # a caller's bug: the server's URL was not given with its key
+            raise RuntimeError("a personal access token needs HttpSettings.token_refresh_url")
+        payload = json.dumps({"refresh": self.settings.token}).encode()
+
+        def once() -> bytes:
+            response = self._send(url, {"Content-Type": "application/json"}, method="POST", body=payload)
+            return self._read(url, _checked(url, response), MAX_API_BYTES)
+
+        try:
+            access = json.loads(self._retried(url, once)).get("access")
+        except (ValueError, AttributeError):
+            access = None
+        if not isinstance(access, str) or not access:
+            raise HttpError("access_denied", f"{redact(url)}: no access token in the answer", status=401)
+        return access
 
     def get(self, url: str, *, headers: Mapping[str, str] | None = None, limit: int | None = None) -> bytes:
         """The whole body, retried (with backoff) on 5xx, network errors, timeouts and short bodies."""
@@ -177,10 +231,21 @@ class HttpAccess:
     def _request(
         self, url: str, headers: Mapping[str, str] | None, *, method: str = "GET", body: bytes | None = None
     ):
+        """A response with a status under 400, authorized for the Label Studio server."""
+        authorized = self.headers(url, headers)
+        response = self._send(url, authorized, method=method, body=body)
+        used = authorized.get("Authorization", "")
+        if response.status == 401 and used.startswith("Bearer "):  # the access token expired
+            _discard(response)
+            authorized["Authorization"] = f"Bearer {self._access(stale=used.removeprefix('Bearer '))}"
+            response = self._send(url, authorized, method=method, body=body)
+        return _checked(url, response)
+
+    def _send(self, url: str, headers: Mapping[str, str], *, method: str = "GET", body: bytes | None = None):
+        """One request as it is, a network failure as a (transient) HttpError."""
         import urllib3
 
         try:
-            headers = self.headers(url, headers)
             response = self.manager().request(
                 method, url, body=body, headers=headers, preload_content=False, redirect=True
             )
@@ -193,10 +258,6 @@ class HttpAccess:
             raise HttpError(
                 "download_failed", f"{redact(url)}: {type(error).__name__}", transient=True
             ) from None
-        if response.status >= 400:
-            response.drain_conn()
-            response.release_conn()
-            raise _status_error(url, response.status)
         return response
 
     def _get_once(self, url: str, headers: Mapping[str, str] | None, limit: int) -> bytes:
@@ -243,6 +304,19 @@ class HttpAccess:
             response.release_conn()
         data = self._get_once(url, None, self.settings.max_bytes)
         return UrlInfo(len(data), "sha256:" + hashlib.sha256(data).hexdigest())
+
+
+def _discard(response) -> None:
+    response.drain_conn()
+    response.release_conn()
+
+
+def _checked(url: str, response):
+    """The response, or the HttpError its status of 400 or more is."""
+    if response.status >= 400:
+        _discard(response)
+        raise _status_error(url, response.status)
+    return response
 
 
 def _status_error(url: str, status: int) -> HttpError:

@@ -2,8 +2,8 @@
 
 `--label-studio-url URL --project ID` (or LABEL_STUDIO_URL, with LABEL_STUDIO_API_KEY, from the
 environment or `.env`). The export is a snapshot (`POST /api/projects/{id}/exports/`, then its download):
-the export API meant for large projects. The key goes in the `Authorization: Token` header only, to this
-server only (http.HttpAccess), and is never printed.
+the export API meant for large projects. The key (a legacy token or a personal access token) goes in the
+`Authorization` header only, to this server only (http.HttpAccess), and is never printed.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from whisper_pipeline.prepare.http import HttpAccess, HttpError, redact
 SNAPSHOT_POLL_S = 0.5  # between looks at a snapshot being made
 SNAPSHOT_TIMEOUT_S = 1800.0  # a snapshot not made by then is reported as failed
 API_RESPONSE_BYTES = 64 * 2**20  # a project's config and a snapshot's status; the export has no bound
+TOKEN_REFRESH_PATH = "/api/token/refresh/"  # personal access token -> access token (Label Studio >= 1.16)
 
 
 @dataclass(frozen=True)
@@ -39,10 +40,14 @@ class LabelStudioSettings:
         key = environ.get("LABEL_STUDIO_API_KEY", "").strip()
         if not key:
             raise ConfigError(
-                f"LABEL_STUDIO_API_KEY is not set: copy the access token of your account at {redact(url)} "
-                "(Account & Settings) into the environment or .env"
+                f"LABEL_STUDIO_API_KEY is not set: copy the access token (or legacy token) of your account "
+                f"at {redact(url)} (Account & Settings) into the environment or .env"
             )
         return cls(url, key)
+
+    @property
+    def token_refresh_url(self) -> str:
+        return self.url + TOKEN_REFRESH_PATH
 
 
 class LabelStudioClient:

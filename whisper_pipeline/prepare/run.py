@@ -57,9 +57,9 @@ from whisper_pipeline.prepare.annotations import (
     resolve_controls,
 )
 from whisper_pipeline.prepare.augment import AugmentationSettings
-from whisper_pipeline.prepare.features import LabelEncoder, LogMelFeaturizer
+from whisper_pipeline.prepare.features import FEATURE_EXTRACTOR_FILES, LabelEncoder, LogMelFeaturizer
 from whisper_pipeline.prepare.fork_server import start_worker_server
-from whisper_pipeline.prepare.http import HttpAccess, HttpSettings, origin
+from whisper_pipeline.prepare.http import HttpAccess, origin
 from whisper_pipeline.prepare.label_studio import LabelStudioClient, LabelStudioSettings
 from whisper_pipeline.prepare.pool import feature_workers, fetch_and_process, worker_count
 from whisper_pipeline.prepare.report import build_report, format_summary, recording_meta
@@ -71,6 +71,7 @@ from whisper_pipeline.prepare.sources import (
     S3Settings,
     Scan,
     UnresolvableAudioError,
+    http_settings,
     load_env_file,
     preflight,
     read_bytes,
@@ -286,13 +287,12 @@ def run_prepare(
     if args.project is not None and server is None:
         raise ConfigError("--project needs --label-studio-url (or LABEL_STUDIO_URL)")
     http = HttpAccess(
-        HttpSettings(
-            ca_bundle=s3.settings.ca_bundle,
-            connect_timeout=s3.settings.connect_timeout,
-            read_timeout=s3.settings.read_timeout,
+        http_settings(
+            s3.settings,
             allowed_hosts=tuple(host.strip().lower() for host in args.allowed_hosts if host.strip()),
             token=server.api_key if server else None,
             token_origin=origin(server.url) if server else None,
+            token_refresh_url=server.token_refresh_url if server else None,
         )
     )
     with ExitStack() as writing:
@@ -766,9 +766,9 @@ def _recording_work(
 
 def _check_model_dir(model_dir: Path) -> None:
     missing = [
-        name
-        for name in ("preprocessor_config.json", "tokenizer_config.json")
-        if not (model_dir / name).is_file()
+        " or ".join(names)
+        for names in (FEATURE_EXTRACTOR_FILES[::-1], ("tokenizer_config.json",))
+        if not any((model_dir / name).is_file() for name in names)
     ]
     if missing:
         raise ModelError(

@@ -19,7 +19,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlparse
 
 from whisper_pipeline.errors import ConfigError, S3Error
-from whisper_pipeline.prepare.http import HttpAccess, HttpError, redact
+from whisper_pipeline.prepare.http import HttpAccess, HttpError, HttpSettings, redact
 
 BODY_ATTEMPTS = 5  # reads of one object's body before giving up (each after botocore's own retries)
 BODY_BACKOFF_S = 0.2  # first wait between body reads, doubled each time
@@ -87,6 +87,17 @@ class S3Settings:
     @property
     def endpoint_name(self) -> str:
         return self.endpoint_url or f"AWS S3 ({self.region})"
+
+
+def http_settings(settings: S3Settings, **more) -> HttpSettings:
+    """http(s) audio fetched with S3's CA bundle (AWS_CA_BUNDLE) and timeouts: one private network's
+    settings serve both; `more`: HttpSettings' other fields."""
+    return HttpSettings(
+        ca_bundle=settings.ca_bundle,
+        connect_timeout=settings.connect_timeout,
+        read_timeout=settings.read_timeout,
+        **more,
+    )
 
 
 def load_env_file(path: str | Path = ".env") -> None:
