@@ -81,6 +81,28 @@ class LabelStudioClient:
         path = f"/api/projects/{project}/exports/{snapshot}/download?exportType=JSON"
         return self._get(path, project, limit=2**62)
 
+    def predictions(self, project: int) -> list[dict[str, Any]]:
+        """Every prediction of the project (id, task, model_version, result, score)."""
+        raw = self._get(f"/api/predictions?project={project}", project, limit=2**62)
+        try:
+            found = json.loads(raw)
+        except ValueError:
+            raise ConfigError(f"{self.project_name(project)}: the server's answer is not JSON") from None
+        return [entry for entry in found if isinstance(entry, dict)] if isinstance(found, list) else []
+
+    def import_predictions(self, project: int, predictions: list[dict[str, Any]]) -> int:
+        """Post predictions ({task, model_version, score, result}) in one request; how many it created.
+        The server checks each against the labelling config and leaves out, silently but for its log,
+        those that do not fit."""
+        created = self._json(f"/api/projects/{project}/import/predictions", project, body=predictions)
+        return int(created.get("created", 0)) if isinstance(created, dict) else 0
+
+    def delete_prediction(self, project: int, prediction: int) -> None:
+        try:
+            self._http.delete(f"{self.settings.url}/api/predictions/{prediction}")
+        except HttpError as error:
+            raise ConfigError(self._describe(error, project)) from None
+
     def _json(self, path: str, project: int, body: Any = None) -> Any:
         raw = self._get(path, project, body=body, limit=API_RESPONSE_BYTES)
         try:
