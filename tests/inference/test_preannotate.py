@@ -17,6 +17,7 @@ import pytest
 from tests.fixtures.label_studio import LabelStudioServer
 from whisper_pipeline.constants import SAMPLE_RATE
 from whisper_pipeline.errors import ConfigError
+from whisper_pipeline.inference.export import CTranslate2Arguments, to_ctranslate2
 from whisper_pipeline.inference.preannotate import (
     ModelIdentity,
     PreannotateArguments,
@@ -189,12 +190,12 @@ def _args(tiny_model_dir: Path, **flags) -> PreannotateArguments:
     )
 
 
-def _transcribe(tiny_model_dir: Path, path: Path) -> str:
-    """What `transcribe` writes for the file: the text its regions must hold."""
+def _transcribe(tiny_model_dir: Path, *paths: Path) -> list[str]:
+    """What `transcribe` writes for each file alone (as each was predicted here: a batch pads its short
+    recordings to its longest): the texts their predictions must hold."""
     settings = TranscribeArguments(model=str(tiny_model_dir), language="vi", max_new_tokens=MAX_NEW_TOKENS)
     transcribe = transformers_transcriber(tiny_model_dir, settings, "vi")
-    (transcript,) = transcribe([(path.name, decode_audio(path.read_bytes()))])
-    return transcript.text
+    return [transcribe([(path.name, decode_audio(path.read_bytes()))])[0].text for path in paths]
 
 
 def _predictions(server: LabelStudioServer, project: int) -> dict[int, list[dict]]:
@@ -262,7 +263,9 @@ def test_segments_project_regions_rerun_replace_and_dry_run(label_studio, tiny_m
     assert sorted(posted) == sorted([tasks["hello.wav"], tasks["long.wav"]])
     assert {p["model_version"] for ps in posted.values() for p in ps} == {first.model_version}
     assert posted[tasks["hello.wav"]][0]["result"] == would_post["result"]  # what the dry run wrote
-    for name in ("hello.wav", "long.wav"):
+    names = ("hello.wav", "long.wav")
+    expected = dict(zip(names, _transcribe(tiny_model_dir, *(files[name] for name in names)), strict=True))
+    for name, transcript in expected.items():
         (prediction,) = posted[tasks[name]]
         duration = len(decode_audio(files[name].read_bytes())) / SAMPLE_RATE
         results = prediction["result"]
@@ -276,7 +279,7 @@ def test_segments_project_regions_rerun_replace_and_dry_run(label_studio, tiny_m
                 label["value"]["start"],
                 label["value"]["end"],
             )
-        assert " ".join(r["value"]["text"][0] for r in texts) == _transcribe(tiny_model_dir, files[name])
+        assert " ".join(r["value"]["text"][0] for r in texts) == transcript
         assert 0 < prediction["score"] <= 1
     exported = label_studio.api("GET", f"/api/projects/{project}/export?{ALL_TASKS}")
     assert {t["id"]: t["predictions"] for t in exported}[tasks["hello.wav"]] == [
@@ -297,7 +300,7 @@ def test_whole_file_project_and_file_mode(label_studio, tiny_model_dir, tmp_path
     ((prediction,),) = _predictions(label_studio, project).values()
     (result,) = prediction["result"]
     assert result["type"] == "textarea" and set(result["value"]) == {"text"}
-    assert result["value"]["text"] == [_transcribe(tiny_model_dir, audio)]
+    assert result["value"]["text"] == _transcribe(tiny_model_dir, audio)
 
     export, config = tmp_path / "export.json", tmp_path / "config.xml"
     export.write_text(json.dumps(label_studio.api("GET", f"/api/projects/{project}/export?{ALL_TASKS}")))
@@ -313,6 +316,16 @@ def test_whole_file_project_and_file_mode(label_studio, tiny_model_dir, tmp_path
     assert task["predictions"][0]["result"] == prediction["result"]
     assert run_preannotate(file_args, environ={}).outcomes == {"already_predicted": 1}  # resumed, kept
     assert json.loads(output.read_text()) == [task]
+
+    # a CTranslate2 export (faster-whisper gives each segment's mean log-probability)
+    ct2 = to_ctranslate2(CTranslate2Arguments(str(tiny_model_dir), str(tmp_path / "ct2"), "float32"))
+    ct2_args = _args(ct2, annotations=str(export), output=str(tmp_path / "ct2.json"),
+                     label_config=str(config), local_files_root=str(label_studio.files_root))  # fmt: skip
+    by_ct2 = run_preannotate(ct2_args, environ={})
+    assert by_ct2.outcomes == {"predicted": 1} and " weights " in by_ct2.model_version
+    ((ct2_prediction,),) = (t["predictions"] for t in json.loads((tmp_path / "ct2.json").read_text()))
+    assert ct2_prediction["model_version"] == by_ct2.model_version != summary.model_version
+    assert all(0 < r["score"] <= 1 for r in ct2_prediction["result"])
 
     imported = label_studio.create_project("preannotate imported", WHOLE_FILE_CONFIG)
     label_studio.import_tasks(imported, [task])

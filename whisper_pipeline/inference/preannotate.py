@@ -615,11 +615,13 @@ def _deliver(
     outcomes: Counter[str],
 ) -> list[dict[str, Any]]:
     """Post a batch's predictions (then delete those they replace), or return what the file gets."""
+    if not done:  # (every task of the batch skipped)
+        return []
     if args.annotations:
         outcomes[PREDICTED] += len(done)
         return [{"data": item.task["data"], "predictions": [prediction]} for item, prediction in done]
     bodies = [{"task": item.task_id, **prediction} for item, prediction in done]
-    if args.dry_run or not bodies:
+    if args.dry_run:
         outcomes[PREDICTED] += len(bodies)
         return bodies
     client, project = session.client, args.project
