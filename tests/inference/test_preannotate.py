@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -243,6 +244,7 @@ def test_segments_project_regions_rerun_replace_and_dry_run(label_studio, tiny_m
     assert ran.returncode == 0, ran.stderr[-3000:]
     assert "annotated 1, missing_object 1, predicted 1, predicted_by_another_model 1" in ran.stdout
     assert label_studio.token not in ran.stdout + ran.stderr
+    assert not re.search(r"warn|generation flags|return_segments", ran.stderr, re.IGNORECASE), ran.stderr
     (would_post,) = json.loads(dry.read_text())
     assert would_post["task"] == tasks["hello.wav"]
     assert sum(map(len, _predictions(label_studio, project).values())) == 1  # only someone else's

@@ -20,9 +20,11 @@ zero-padded log-mel of a short last window tips a near-tie.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from itertools import islice
 from pathlib import Path, PurePosixPath
@@ -347,7 +349,7 @@ def generate_scored_segments(
     if num_beams != 1:
         raise ConfigError("scored segments need greedy decoding (--beam-size 1)")
     options = {} if prompt_ids is None else {"prompt_ids": prompt_ids}
-    with torch.inference_mode():
+    with torch.inference_mode(), _without_scored_generation_notices():
         generated = model.generate(
             input_features,
             attention_mask=attention_mask,
@@ -361,6 +363,29 @@ def generate_scored_segments(
     return [
         [_scored_segment(segment, tokenizer) for segment in segments] for segments in generated["segments"]
     ]
+
+
+# What transformers (5.x) logs of these flags in Whisper's long-form generation, untrue here: the scores are
+# kept (the segments' `result`), and return_segments is asked for. Dropped from these two loggers only.
+_SCORED_GENERATION_NOTICES = {
+    "transformers.generation.configuration_utils": "generation flags are not valid and may be ignored",
+    "transformers.models.whisper.generation_whisper": "this automatically sets `return_segments=True`",
+}
+
+
+@contextmanager
+def _without_scored_generation_notices() -> Iterator[None]:
+    filters = [
+        (logging.getLogger(name), lambda record, text=text: text not in record.getMessage())
+        for name, text in _SCORED_GENERATION_NOTICES.items()
+    ]
+    for logger, drop in filters:
+        logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        for logger, drop in filters:
+            logger.removeFilter(drop)
 
 
 def _scored_segment(segment: dict, tokenizer) -> Segment:
