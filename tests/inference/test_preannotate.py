@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ from whisper_pipeline.inference.preannotate import (
     region_segments,
     run_preannotate,
     score_predictions,
+    select_tasks,
 )
 from whisper_pipeline.inference.transcribe import (
     Segment,
@@ -163,6 +165,34 @@ def test_score_predictions_counts_the_typing_saved():
     # a file run's tasks (data and predictions) are matched by their audio
     as_tasks = [{"data": {"audio": "s3://b/1.wav"}, "predictions": [predictions[0]]}]
     assert score_predictions(export, as_tasks, settings)["words_saved"] == 5
+    assert score_predictions(export, predictions, model_version="m") == scores  # controls found in the export
+
+
+def test_tasks_are_chosen_and_the_others_counted():
+    identity = ModelIdentity("base", "abcdef012345", "2026-12-07", True)
+    document = [
+        {"id": 1, "data": {"audio": "a.wav"}, "annotations": [{"result": []}]},
+        {"id": 2, "data": {"audio": "b.wav"}},
+        {"id": 3, "data": {"audio": "c.wav"}},
+        {"id": 4, "data": {"audio": "d.wav"}},
+        {"id": 5, "data": {}},
+        {"id": 6, "data": {"audio": "f.wav"}},
+    ]
+    existing = {2: [{"id": 20, "model_version": identity.version}], 3: [{"id": 30, "model_version": "other"}]}
+
+    def chosen(**flags) -> tuple[list, dict]:
+        outcomes = Counter()
+        work = select_tasks(document, PreannotateArguments(**flags), identity, existing, "audio", outcomes)
+        return [(item.task_id, item.replaces) for item in work], dict(outcomes)
+
+    assert chosen() == (
+        [(4, ()), (6, ())],
+        {"annotated": 1, "already_predicted": 1, "predicted_by_another_model": 1, "no_audio": 1},
+    )
+    assert chosen(replace=True, limit=2)[0] == [(3, (30,)), (4, ())]
+    assert chosen(annotated=True, tasks=[1, 2])[0] == [(1, ())]
+    with pytest.raises(ConfigError, match="no task 9 in the project"):
+        chosen(tasks=[1, 9])
 
 
 def test_user_mistakes_are_one_line_errors(capsys, tmp_path):

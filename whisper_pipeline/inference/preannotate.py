@@ -67,6 +67,7 @@ from whisper_pipeline.inference.transcribe import (
 from whisper_pipeline.prepare.annotations import (
     AUDIO_TAGS,
     AnnotationSettings,
+    ControlNames,
     RegionKind,
     load_export,
     parse_export,
@@ -74,8 +75,8 @@ from whisper_pipeline.prepare.annotations import (
     resolve_controls,
 )
 from whisper_pipeline.prepare.audio import AudioDecodeError, decode_audio
-from whisper_pipeline.prepare.http import HttpAccess, HttpSettings, origin
-from whisper_pipeline.prepare.label_studio import LabelStudioClient, LabelStudioSettings
+from whisper_pipeline.prepare.http import HttpAccess
+from whisper_pipeline.prepare.label_studio import LabelStudioClient, LabelStudioSettings, server_http
 from whisper_pipeline.prepare.run import AnnotationSource, read_annotations
 from whisper_pipeline.prepare.sources import (
     AudioSourceError,
@@ -394,6 +395,8 @@ def select_tasks(
 ) -> list[Work]:
     """The tasks to predict, in the export's order; the others counted by why not."""
     wanted = set(args.tasks)
+    if missing := sorted(wanted - {task.get("id") for task in document if isinstance(task, dict)}):
+        raise ConfigError(f"--tasks: no task {', '.join(map(str, missing))} in the project")
     work: list[Work] = []
     for task in document:
         if not isinstance(task, dict) or (wanted and task.get("id") not in wanted):
@@ -513,16 +516,7 @@ def _connect(args: PreannotateArguments, environ: Mapping[str, str]) -> _Session
     server = LabelStudioSettings.from_env(args.label_studio_url, environ)
     if args.project is not None and server is None:
         raise ConfigError("--project needs --label-studio-url (or LABEL_STUDIO_URL)")
-    http = HttpAccess(
-        HttpSettings(
-            ca_bundle=s3.settings.ca_bundle,
-            connect_timeout=s3.settings.connect_timeout,
-            read_timeout=s3.settings.read_timeout,
-            allowed_hosts=tuple(host.strip().lower() for host in args.allowed_hosts if host.strip()),
-            token=server.api_key if server else None,
-            token_origin=origin(server.url) if server else None,
-        )
-    )
+    http = server_http(server, s3.settings, args.allowed_hosts)
     client = LabelStudioClient(server, http) if server and args.project is not None else None
     return _Session(args, s3, http, server, client)
 
@@ -650,7 +644,7 @@ def _write_json(path: Path, items: list[dict[str, Any]]) -> None:
 def score_predictions(
     export: list[Any],
     predictions: list[Any],
-    settings: AnnotationSettings,
+    settings: AnnotationSettings | None = None,
     *,
     model_version: str | None = None,
 ) -> dict[str, Any]:
@@ -661,7 +655,10 @@ def score_predictions(
     reference words minus the edit operations (substitutions, deletions, insertions) that turn the
     prediction into the annotation, never below 0 for a task (a useless prediction is deleted, not
     corrected). `predictions`: Label Studio prediction bodies ({task, result, model_version}) or tasks
-    with predictions; `model_version`: only that model's."""
+    with predictions; `model_version`: only that model's; `settings`: the controls (default: the export's,
+    found as prepare_data.py finds them)."""
+    if settings is None:
+        settings = resolve_controls(export, ControlNames(), ("noise",)).settings
     parsed = parse_export(export, settings)
     by_id = {task.task_id: task for task in parsed.tasks}
     by_audio = {task.location: task for task in parsed.tasks}

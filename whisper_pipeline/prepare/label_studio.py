@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from whisper_pipeline.errors import ConfigError
-from whisper_pipeline.prepare.http import HttpAccess, HttpError, redact
+from whisper_pipeline.prepare.http import HttpAccess, HttpError, HttpSettings, origin, redact
+from whisper_pipeline.prepare.sources import S3Settings
 
 SNAPSHOT_POLL_S = 0.5  # between looks at a snapshot being made
 SNAPSHOT_TIMEOUT_S = 1800.0  # a snapshot not made by then is reported as failed
@@ -43,6 +44,22 @@ class LabelStudioSettings:
                 "(Account & Settings) into the environment or .env"
             )
         return cls(url, key)
+
+
+def server_http(
+    server: LabelStudioSettings | None, s3: S3Settings, allowed_hosts: Sequence[str] = ()
+) -> HttpAccess:
+    """http(s) access with S3's CA bundle and timeouts, the server's key sent to the server only."""
+    return HttpAccess(
+        HttpSettings(
+            ca_bundle=s3.ca_bundle,
+            connect_timeout=s3.connect_timeout,
+            read_timeout=s3.read_timeout,
+            allowed_hosts=tuple(host.strip().lower() for host in allowed_hosts if host.strip()),
+            token=server.api_key if server else None,
+            token_origin=origin(server.url) if server else None,
+        )
+    )
 
 
 class LabelStudioClient:
