@@ -33,7 +33,7 @@ def installed(tmp_path_factory) -> Path:
 def test_console_scripts_are_installed_and_import_from_another_folder(installed, tmp_path):
     """Every console script of pyproject.toml resolves to its function (one process loads them all)."""
     assert set(SCRIPTS) == {f"whisper-{name}" for name in ("prepare", "train", "evaluate", "export",
-                                                           "transcribe", "demo")}  # fmt: skip
+                                                           "transcribe", "preannotate", "demo")}  # fmt: skip
     assert all((installed / "bin" / name).is_file() for name in SCRIPTS)
     check = (
         "from importlib.metadata import entry_points\n"

@@ -204,6 +204,18 @@ class HttpAccess:
 
         return self._retried(url, once)
 
+    def delete(self, url: str) -> None:
+        """A DELETE (Label Studio's API), retried like a GET; a 404 (gone already) is no error."""
+
+        def once() -> None:
+            try:
+                self._read(url, self._request(url, None, method="DELETE"), MAX_AUDIO_BYTES)
+            except HttpError as error:
+                if error.status != 404:
+                    raise
+
+        self._retried(url, once)
+
     def info(self, url: str) -> UrlInfo:
         """Size and validator without the content (a one-byte ranged GET); a server that ignores the
         range and names no validator has its body hashed instead."""

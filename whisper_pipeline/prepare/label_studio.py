@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from whisper_pipeline.errors import ConfigError
-from whisper_pipeline.prepare.http import HttpAccess, HttpError, redact
+from whisper_pipeline.prepare.http import HttpAccess, HttpError, HttpSettings, origin, redact
+from whisper_pipeline.prepare.sources import S3Settings
 
 SNAPSHOT_POLL_S = 0.5  # between looks at a snapshot being made
 SNAPSHOT_TIMEOUT_S = 1800.0  # a snapshot not made by then is reported as failed
@@ -48,6 +49,22 @@ class LabelStudioSettings:
     @property
     def token_refresh_url(self) -> str:
         return self.url + TOKEN_REFRESH_PATH
+
+
+def server_http(
+    server: LabelStudioSettings | None, s3: S3Settings, allowed_hosts: Sequence[str] = ()
+) -> HttpAccess:
+    """http(s) access with S3's CA bundle and timeouts, the server's key sent to the server only."""
+    return HttpAccess(
+        HttpSettings(
+            ca_bundle=s3.ca_bundle,
+            connect_timeout=s3.connect_timeout,
+            read_timeout=s3.read_timeout,
+            allowed_hosts=tuple(host.strip().lower() for host in allowed_hosts if host.strip()),
+            token=server.api_key if server else None,
+            token_origin=origin(server.url) if server else None,
+        )
+    )
 
 
 class LabelStudioClient:
@@ -85,6 +102,28 @@ class LabelStudioClient:
             raise ConfigError(f"{self.project_name(project)}: the server failed to make the export snapshot")
         path = f"/api/projects/{project}/exports/{snapshot}/download?exportType=JSON"
         return self._get(path, project, limit=2**62)
+
+    def predictions(self, project: int) -> list[dict[str, Any]]:
+        """Every prediction of the project (id, task, model_version, result, score)."""
+        raw = self._get(f"/api/predictions?project={project}", project, limit=2**62)
+        try:
+            found = json.loads(raw)
+        except ValueError:
+            raise ConfigError(f"{self.project_name(project)}: the server's answer is not JSON") from None
+        return [entry for entry in found if isinstance(entry, dict)] if isinstance(found, list) else []
+
+    def import_predictions(self, project: int, predictions: list[dict[str, Any]]) -> int:
+        """Post predictions ({task, model_version, score, result}) in one request; how many it created.
+        The server checks each against the labelling config and leaves out, silently but for its log,
+        those that do not fit."""
+        created = self._json(f"/api/projects/{project}/import/predictions", project, body=predictions)
+        return int(created.get("created", 0)) if isinstance(created, dict) else 0
+
+    def delete_prediction(self, project: int, prediction: int) -> None:
+        try:
+            self._http.delete(f"{self.settings.url}/api/predictions/{prediction}")
+        except HttpError as error:
+            raise ConfigError(self._describe(error, project)) from None
 
     def _json(self, path: str, project: int, body: Any = None) -> Any:
         raw = self._get(path, project, body=body, limit=API_RESPONSE_BYTES)
