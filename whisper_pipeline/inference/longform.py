@@ -16,8 +16,10 @@ timestamp, then drops speech or repeats itself. These scores show it:
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +27,7 @@ import jiwer
 import numpy as np
 
 from whisper_pipeline.constants import HOP_LENGTH, MAX_TARGET_POSITIONS, N_FRAMES, SAMPLE_RATE
+from whisper_pipeline.errors import ConfigError
 from whisper_pipeline.prepare.features import pad_features
 from whisper_pipeline.prepare.windows import Utterance, is_long_form
 from whisper_pipeline.train.metrics import normalize_for_scoring, score
@@ -39,11 +42,13 @@ LOOP_NGRAM, LOOP_REPEATS = 3, 3
 
 @dataclass(frozen=True)
 class Span:
-    """A predicted segment."""
+    """A predicted segment (with `scored` generation: its mean token log-probability, its token count)."""
 
     start: float
     end: float
     text: str
+    avg_logprob: float | None = None
+    tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -76,14 +81,24 @@ def generate_segments(
     task: str,
     num_beams: int = 1,
     prompt_ids: torch.Tensor | None = None,
+    scored: bool = False,
 ) -> list[list[Span]]:
     """transformers' own Whisper long-form generation (inputs over 3000 frames: window after window, each
     from the last timestamp of the one before), each input's segments with their times in seconds. The
-    length of a window's text is the model's to set (modeling.limit_new_tokens)."""
+    length of a window's text is the model's to set (modeling.limit_new_tokens).
+
+    `scored`: each segment also gets its mean token log-probability, as faster-whisper gives it: `generate`
+    keeps the scores of each window's steps (output_scores: the logits after its processors, per input, in
+    the segment's `result`), and each step's log-softmax is read at the token it chose. Greedy only: under
+    beam search the scores are beams' running sums, not one token's log-probability."""
     import torch
 
+    if scored and num_beams != 1:
+        raise ConfigError("scored segments need greedy decoding (--beam-size 1)")
     options = {} if prompt_ids is None else {"prompt_ids": prompt_ids}
-    with torch.inference_mode():
+    if scored:
+        options.update(return_dict_in_generate=True, output_scores=True)
+    with torch.inference_mode(), _without_scored_generation_notices() if scored else nullcontext():
         generated = model.generate(
             input_features,
             attention_mask=attention_mask,
@@ -93,13 +108,47 @@ def generate_segments(
             return_segments=True,
             **options,
         )
-    return [
-        [
-            Span(float(s["start"]), float(s["end"]), tokenizer.decode(s["tokens"], skip_special_tokens=True))
-            for s in segments
-        ]
-        for segments in generated["segments"]
+    return [[_span(segment, tokenizer, scored) for segment in segments] for segments in generated["segments"]]
+
+
+def _span(segment: dict, tokenizer, scored: bool) -> Span:
+    tokens = segment["tokens"].cpu()
+    text = tokenizer.decode(tokens, skip_special_tokens=True)
+    average = None
+    if scored:
+        import torch
+
+        result = segment["result"]
+        prompt = len(result["sequences"]) - len(result["scores"])  # idxs count the decoder prompt
+        first, last = (index - prompt for index in segment["idxs"])
+        if last > first:
+            steps = torch.log_softmax(torch.stack(result["scores"][first:last]).float(), dim=-1)
+            average = float(steps.gather(-1, tokens[:, None]).mean())
+    return Span(float(segment["start"]), float(segment["end"]), text, average, len(tokens))
+
+
+# What transformers (5.x) logs of the scoring flags in Whisper's long-form generation, untrue here: the
+# scores are kept (the segments' `result`), and return_segments is asked for. Dropped from these two
+# loggers, during that call only.
+_SCORED_GENERATION_NOTICES = {
+    "transformers.generation.configuration_utils": "generation flags are not valid and may be ignored",
+    "transformers.models.whisper.generation_whisper": "this automatically sets `return_segments=True`",
+}
+
+
+@contextmanager
+def _without_scored_generation_notices() -> Iterator[None]:
+    filters = [
+        (logging.getLogger(name), lambda record, text=text: text not in record.getMessage())
+        for name, text in _SCORED_GENERATION_NOTICES.items()
     ]
+    for logger, drop in filters:
+        logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        for logger, drop in filters:
+            logger.removeFilter(drop)
 
 
 def cached_recordings(rows: datasets.Dataset) -> list[LongRecording]:

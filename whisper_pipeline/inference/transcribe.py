@@ -22,11 +22,9 @@ zero-padded log-mel of a short last window tips a near-tie.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from itertools import islice
 from pathlib import Path, PurePosixPath
@@ -293,7 +291,7 @@ def transformers_transcriber(
 ) -> Transcriber:
     """transformers' own long-form Whisper generation: the files of a batch decoded together, each with its
     attention mask, short ones padded to one 30 s window; `scored`: each segment with its tokens' mean
-    log-probability (see generate_scored_segments)."""
+    log-probability (see longform.generate_segments)."""
     from transformers import WhisperFeatureExtractor, WhisperTokenizerFast
 
     precision = resolve_precision(args.precision)
@@ -336,92 +334,16 @@ def transformers_transcriber(
             "num_beams": args.beam_size,
             "prompt_ids": prompt_ids,
         }
-        generated = (
-            generate_scored_segments(model, *inputs, **options)
-            if scored
-            else [
-                [Segment(s.start, s.end, s.text) for s in spans]
-                for spans in generate_segments(model, *inputs, **options)
-            ]
-        )
+        generated = [
+            [Segment(s.start, s.end, s.text, avg_logprob=s.avg_logprob, tokens=s.tokens) for s in spans]
+            for spans in generate_segments(model, *inputs, **options, scored=scored)
+        ]
         return [
             _transcript(uri, samples, language, segments)
             for (uri, samples), segments in zip(batch, generated, strict=True)
         ]
 
     return transcribe
-
-
-def generate_scored_segments(
-    model,
-    input_features: torch.Tensor,
-    attention_mask: torch.Tensor,
-    *,
-    tokenizer,
-    task: str,
-    num_beams: int = 1,
-    prompt_ids: torch.Tensor | None = None,
-) -> list[list[Segment]]:
-    """longform.generate_segments with each segment's mean token log-probability, as faster-whisper gives
-    it: `generate` keeps the scores of each window's steps (output_scores: the logits after its processors,
-    per input of the batch, in the segment's `result`), and each step's log-softmax is read at the token
-    it chose. A segment's `idxs` count the window's decoder prompt, its scores do not. Greedy: under beam
-    search the scores are beams' running sums, not one token's log-probability."""
-    if num_beams != 1:
-        raise ConfigError("scored segments need greedy decoding (--beam-size 1)")
-    options = {} if prompt_ids is None else {"prompt_ids": prompt_ids}
-    with torch.inference_mode(), _without_scored_generation_notices():
-        generated = model.generate(
-            input_features,
-            attention_mask=attention_mask,
-            task=task,
-            return_timestamps=True,
-            return_segments=True,
-            return_dict_in_generate=True,
-            output_scores=True,
-            **options,
-        )
-    return [
-        [_scored_segment(segment, tokenizer) for segment in segments] for segments in generated["segments"]
-    ]
-
-
-# What transformers (5.x) logs of these flags in Whisper's long-form generation, untrue here: the scores are
-# kept (the segments' `result`), and return_segments is asked for. Dropped from these two loggers only.
-_SCORED_GENERATION_NOTICES = {
-    "transformers.generation.configuration_utils": "generation flags are not valid and may be ignored",
-    "transformers.models.whisper.generation_whisper": "this automatically sets `return_segments=True`",
-}
-
-
-@contextmanager
-def _without_scored_generation_notices() -> Iterator[None]:
-    filters = [
-        (logging.getLogger(name), lambda record, text=text: text not in record.getMessage())
-        for name, text in _SCORED_GENERATION_NOTICES.items()
-    ]
-    for logger, drop in filters:
-        logger.addFilter(drop)
-    try:
-        yield
-    finally:
-        for logger, drop in filters:
-            logger.removeFilter(drop)
-
-
-def _scored_segment(segment: dict, tokenizer) -> Segment:
-    result = segment["result"]
-    prompt = len(result["sequences"]) - len(result["scores"])
-    first, last = (index - prompt for index in segment["idxs"])
-    tokens = segment["tokens"].cpu()
-    average = None
-    if last > first:
-        steps = torch.log_softmax(torch.stack(result["scores"][first:last]).float(), dim=-1)
-        average = float(steps.gather(-1, tokens[:, None]).mean())
-    text = tokenizer.decode(tokens, skip_special_tokens=True)
-    return Segment(
-        float(segment["start"]), float(segment["end"]), text, avg_logprob=average, tokens=len(tokens)
-    )
 
 
 def _first_line(error: BaseException) -> str:
