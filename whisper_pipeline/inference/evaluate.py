@@ -39,6 +39,7 @@ from whisper_pipeline.config import parse_config
 from whisper_pipeline.constants import MAX_TARGET_POSITIONS
 from whisper_pipeline.errors import ConfigError, exit_on_user_error
 from whisper_pipeline.inference.longform import (
+    LongFormArguments,
     LongRecording,
     Span,
     cached_recordings,
@@ -67,7 +68,7 @@ PROMPT_TOKENS = 4  # <|startoftranscript|><|lang|><|task|><|notimestamps|>
 
 
 @dataclass
-class EvaluateArguments(AnnotationSource):
+class EvaluateArguments(AnnotationSource, LongFormArguments):
     """Settings of `python -m whisper_pipeline.inference.evaluate` (flags, or keys of a YAML/JSON file);
     those of AnnotationSource read a held-out --annotations export or --project as prepare_data.py does."""
 
@@ -101,19 +102,6 @@ class EvaluateArguments(AnnotationSource):
     )
     max_examples: int | None = field(default=None, metadata={"help": "Evaluate only the first N."})
     worst: int = field(default=10, metadata={"help": "Worst utterances listed with their alignment."})
-    long_form: bool = field(
-        default=True,
-        metadata={
-            "help": "Also transcribe the recordings kept whole (over 30 s, several utterances, or noise "
-            "only) as users deploy the model, and score them (see longform.py)."
-        },
-    )
-    long_form_max_new_tokens: int | None = field(
-        default=None,
-        metadata={
-            "help": "Longest text of one 30 s window in the long-form section (default: Whisper's limit)."
-        },
-    )
     ctranslate2: str | None = field(
         default=None,
         metadata={

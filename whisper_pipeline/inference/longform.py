@@ -20,7 +20,7 @@ import logging
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import jiwer
@@ -35,6 +35,24 @@ from whisper_pipeline.train.metrics import normalize_for_scoring, score
 if TYPE_CHECKING:
     import datasets
     import torch
+
+
+@dataclass
+class LongFormArguments:
+    """The long-form section of evaluate and of the end of training (flags of both)."""
+
+    long_form: bool = field(
+        default=True,
+        metadata={
+            "help": "Transcribe the recordings kept whole (longer than 30 s, several utterances, or noise "
+            "only) with Whisper's long-form algorithm, as users deploy the model, and score them."
+        },
+    )
+    long_form_max_new_tokens: int | None = field(
+        default=None,
+        metadata={"help": "Longest text of one 30 s window there (default: Whisper's limit)."},
+    )
+
 
 COVERED_SHARE = 0.5  # an utterance counts as covered when at least this share of it is under segments
 LOOP_NGRAM, LOOP_REPEATS = 3, 3

@@ -15,6 +15,7 @@ from whisper_pipeline.cli import PipelineArgumentParser
 from whisper_pipeline.config import parse_config
 from whisper_pipeline.constants import MAX_TARGET_POSITIONS
 from whisper_pipeline.errors import ConfigError
+from whisper_pipeline.inference.longform import LongFormArguments
 from whisper_pipeline.train.metrics import SCORES
 from whisper_pipeline.train.modeling import DEFAULT_TARGET_MODULES, PRECISIONS
 
@@ -55,6 +56,8 @@ HELP_GROUPS = {
         "early_stopping_patience",
         "generation_max_length",
         "predict_with_generate",
+        "long_form",
+        "long_form_max_new_tokens",
     ),
     "outputs": (
         "output_dir",
@@ -70,7 +73,7 @@ HELP_GROUPS = {
 
 
 @dataclass
-class DataArguments:
+class DataArguments(LongFormArguments):
     """Where the cache is and how training batches are augmented."""
 
     _argument_group_name = "data"
@@ -109,17 +112,6 @@ class DataArguments:
             "help": "Share of training examples conditioned on their recording's previous window "
             "(<|startofprev|> + its text, at most 224 tokens, not scored), as long-form decoding does."
         },
-    )
-    long_form: bool = field(
-        default=True,
-        metadata={
-            "help": "At the end, transcribe the validation recordings kept whole (longer than 30 s, several "
-            "utterances, or noise only) with Whisper's long-form algorithm, base and adapter, and score them."
-        },
-    )
-    long_form_max_new_tokens: int | None = field(
-        default=None,
-        metadata={"help": "Longest text of one 30 s window there (default: Whisper's limit)."},
     )
 
     def __post_init__(self) -> None:
