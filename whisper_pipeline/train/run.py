@@ -27,6 +27,7 @@ from whisper_pipeline.config import parse_config
 from whisper_pipeline.constants import MAX_TARGET_POSITIONS
 from whisper_pipeline.errors import ConfigError, exit_on_user_error
 from whisper_pipeline.train.batches import CacheRows
+from whisper_pipeline.train.device import check_cuda, cuda_state
 from whisper_pipeline.train.metrics import SCORES, ComputeMetrics
 from whisper_pipeline.train.modeling import (
     DEFAULT_TARGET_MODULES,
@@ -50,6 +51,7 @@ from whisper_pipeline.train.outputs import (
     write_config,
     write_results,
 )
+from whisper_pipeline.train.stopping import StopOnSignal, TrainingStopped
 from whisper_pipeline.train.trainer import DecoderTokens, WhisperDataCollator, WhisperTrainer
 
 RESUME_AUTO = "auto"
@@ -326,6 +328,8 @@ def run_training(
     training_args: PipelineTrainingArguments,
 ) -> TrainingReport:
     """Train, select by WER, write the outputs (first process only); raises PipelineError for user errors."""
+    if not training_args.use_cpu:
+        check_cuda(cuda_state())
     precision = _precision(model_args, training_args)
     quantization = check_quantization(model_args.load_in_8bit, model_args.load_in_4bit)
     resume = _resume_checkpoint(training_args)
@@ -391,7 +395,15 @@ def run_training(
         processing_class=processor,
         compute_metrics=ComputeMetrics(processor.tokenizer),
     )
-    train_output = trainer.train(resume_from_checkpoint=resume)
+    stop = StopOnSignal()
+    trainer.add_callback(stop)
+    with stop.installed():
+        train_output = trainer.train(resume_from_checkpoint=resume)
+    if stop.stopped_at is not None:
+        raise TrainingStopped(
+            f"stopped by SIGTERM: checkpoint-{stop.stopped_at} saved in {output_dir}; continue with "
+            "--resume-from-checkpoint auto"
+        )
     best = trainer.predict(splits.validation, metric_key_prefix="eval")
 
     metrics = metrics_record(
