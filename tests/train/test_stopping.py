@@ -39,7 +39,9 @@ def test_sigterm_saves_a_checkpoint_that_resume_auto_continues(tiny_model_dir, p
     with log.open("w") as sink:
         process = subprocess.Popen(command, cwd=REPO, env=env, stdout=sink, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 300
-        while "'loss'" not in log.read_text() and process.poll() is None and time.monotonic() < deadline:
+        # TensorBoard's event file is opened when training begins, after the handler is in place.
+        while not list(output_dir.glob("runs/*/events.*")) and process.poll() is None:
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(0.2)
         assert process.poll() is None, log.read_text()[-3000:]
         process.send_signal(signal.SIGTERM)
