@@ -44,18 +44,18 @@ ENV DEBIAN_FRONTEND=noninteractive \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility \
     LD_LIBRARY_PATH=/opt/venv/lib/python3.11/site-packages/nvidia/cublas/lib:/opt/venv/lib/python3.11/site-packages/nvidia/cudnn/lib
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
-# Python, and the audio tools prepare calls (ffmpeg for formats libsndfile cannot read).
+# Python, the audio tools prepare calls (ffmpeg for formats libsndfile cannot read), and a home and caches
+# writable by any uid: compose runs as the host user (HOST_UID:HOST_GID).
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 ffmpeg libsndfile1 ca-certificates \
-    && rm -rf /var/lib/apt/lists/*
-COPY --from=build /opt/venv /opt/venv
-WORKDIR /app
-COPY whisper_pipeline ./whisper_pipeline
-COPY prepare_data.py train_model.py run_pipeline.sh ./
-# Compose runs as the host user (HOST_UID:HOST_GID), any uid: home and caches are writable by all.
-RUN useradd --create-home --uid 1000 pipeline \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --create-home --uid 1000 pipeline \
     && mkdir -p /cache/huggingface \
     && chmod 1777 /home/pipeline /cache/huggingface
+WORKDIR /app
 USER 1000:1000
-
 ENTRYPOINT ["./run_pipeline.sh"]
+# The large environment, then the code: an edit rebuilds only the last two layers.
+COPY --from=build /opt/venv /opt/venv
+COPY whisper_pipeline ./whisper_pipeline
+COPY prepare_data.py train_model.py run_pipeline.sh ./
