@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test test-fast test-slow lint format model bench
+.PHONY: setup demo test test-fast test-slow test-container up lint format model bench
 
 setup:
 	scripts/setup_env.sh requirements-dev.txt
@@ -23,6 +23,18 @@ test-fast: setup lint
 ## The long reliability runs (kill -9 at many points, long audio), marked slow.
 test-slow: setup
 	$(PY) -m pytest -q -m slow
+
+## The Docker image built and run for real with compose (CPU torch, local bookworm base, TLS S3, stop and
+## resume; see tests/e2e/test_container.py): run it before a submission that touches Dockerfile, compose
+## files, run_pipeline.sh or .env.example. Needs a Docker engine and debootstrap.
+test-container: setup
+	$(PY) -m pytest -q -s -m container tests/e2e/test_container.py
+
+## docker compose up, as you: the mounted folders made by you first (Docker would make them root's).
+COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
+up:
+	mkdir -p processed_data outputs adapters model
+	HOST_UID=$$(id -u) HOST_GID=$$(id -g) $(COMPOSE) up pipeline
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -85,7 +85,7 @@ def trained(tiny_model_dir, prepared_cache, tmp_path_factory):
 
 def test_seed_config_reproduces_the_seed_run():
     data, model, _, training = parse_arguments([str(REPO / "configs" / "seed.yaml")])
-    assert (model.model, model.adapter) == ("./model", "./my-whisper-medium-lora")
+    assert (model.model, model.adapter) == ("./model", "./adapters/my-whisper-medium-lora")
     assert (training.per_device_train_batch_size, training.gradient_accumulation_steps) == (16, 4)
     assert (training.num_train_epochs, training.learning_rate) == (5, 5e-6)
     assert (training.eval_strategy.value, training.save_strategy.value) == ("epoch", "epoch")

@@ -7,6 +7,7 @@ two: memory stays flat however large the export.
 
 from __future__ import annotations
 
+import math
 import multiprocessing.context
 import os
 import queue
@@ -14,6 +15,7 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import contextmanager
+from pathlib import Path
 
 from whisper_pipeline.prepare.http import HttpAccess
 from whisper_pipeline.prepare.sources import AudioRef, AudioSourceError, S3Access, read_bytes
@@ -29,8 +31,32 @@ IN_FLIGHT_BYTES = 256 * 2**20  # encoded audio downloaded and not yet featurized
 
 
 def worker_count(num_workers: int) -> int:
-    """--num-workers, or one worker per CPU."""
-    return num_workers or os.cpu_count() or 1
+    """--num-workers, or one worker per CPU this process may use."""
+    return num_workers or usable_cpus()
+
+
+def usable_cpus(
+    cgroup_root: Path = Path("/sys/fs/cgroup"), proc_cgroup: Path = Path("/proc/self/cgroup")
+) -> int:
+    """The CPUs this process may run on (its affinity: taskset, docker --cpuset-cpus), capped by its cgroup
+    v2 CPU quota (docker --cpus, compose `cpus:`, a Kubernetes limit) and every parent's. os.cpu_count()
+    counts the host's CPUs: in a container limited to 4 of 64, 64 workers would share 4 CPUs' time."""
+    cpus = len(os.sched_getaffinity(0))
+    try:  # cgroup v2: "0::/path" (inside a container's cgroup namespace: "0::/")
+        relative = next(line[3:] for line in proc_cgroup.read_text().splitlines() if line.startswith("0::"))
+    except (OSError, StopIteration):
+        return cpus
+    folder = cgroup_root / relative.strip().lstrip("/")
+    for level in (folder, *folder.parents):
+        try:
+            quota, period = (level / "cpu.max").read_text().split()
+        except (OSError, ValueError):
+            quota = "max"
+        if quota != "max":
+            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
+        if level == cgroup_root:
+            break
+    return cpus
 
 
 class InFlight:

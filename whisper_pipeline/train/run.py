@@ -35,6 +35,7 @@ from whisper_pipeline.train.arguments import (
 )
 from whisper_pipeline.train.batches import CacheRows
 from whisper_pipeline.train.console import use_console_progress
+from whisper_pipeline.train.device import check_cuda, cuda_state
 from whisper_pipeline.train.metrics import SCORES, ComputeMetrics
 from whisper_pipeline.train.modeling import (
     adapter_trains_conv,
@@ -57,6 +58,7 @@ from whisper_pipeline.train.outputs import (
     write_config,
     write_results,
 )
+from whisper_pipeline.train.stopping import StopOnSignal, TrainingStopped
 from whisper_pipeline.train.trainer import DecoderTokens, WhisperDataCollator, WhisperTrainer
 from whisper_pipeline.writable import check_writable
 
@@ -122,6 +124,8 @@ def run_training(
 ) -> TrainingReport:
     """Train, select by WER, write the outputs (first process only); raises PipelineError for user errors."""
     check_writable(training_args.output_dir, "--output-dir")
+    if not training_args.use_cpu:
+        check_cuda(cuda_state())
     precision = _precision(model_args, training_args)
     quantization = check_quantization(model_args.load_in_8bit, model_args.load_in_4bit)
     resume = _resume_checkpoint(training_args)
@@ -203,7 +207,15 @@ def run_training(
         print(f"{resume} is the end of this run: nothing left to train", flush=True)
         train_metrics = _restore_finished(trainer, resumed, Path(resume))
     else:
-        train_metrics = trainer.train(resume_from_checkpoint=resume).metrics
+        stop = StopOnSignal()
+        trainer.add_callback(stop)
+        with stop.installed():
+            train_metrics = trainer.train(resume_from_checkpoint=resume).metrics
+        if stop.stopped_at is not None:
+            raise TrainingStopped(
+                f"stopped by SIGTERM: checkpoint-{stop.stopped_at} saved in {output_dir}; continue with "
+                "--resume-from-checkpoint auto"
+            )
     best = trainer.predict(splits.validation, metric_key_prefix="eval")
 
     metrics = metrics_record(trainer.state, training_args.metric_for_best_model, train_metrics, best.metrics)
