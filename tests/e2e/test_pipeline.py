@@ -15,7 +15,10 @@ import pytest
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
-TRAIN_FLAGS = "--max-steps 2 --per-device-train-batch-size 4 --generation-max-length 16 --disable-tqdm true"
+TRAIN_FLAGS = (
+    "--max-steps 2 --per-device-train-batch-size 4 --generation-max-length 16 --long-form-max-new-tokens 16 "
+    "--disable-tqdm true"
+)
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +38,7 @@ def demo_run(tiny_model_dir, tmp_path_factory):
     return workdir, first, second
 
 
+@pytest.mark.timeout(1200)  # the demo_run fixture: two demo runs of a few minutes each
 def test_demo_runs_the_whole_loop_and_reports_where_everything_is(demo_run):
     workdir, first, _ = demo_run
     outputs = workdir / "outputs"

@@ -145,17 +145,19 @@ def run_demo(args: DemoArguments) -> dict[str, Any]:
 
         with step("export"):
             clips = heldout_clips(corpus.heldout_export, args.transcribe_clips)
-            transcripts = export_and_transcribe(model_dir, outputs, list(clips), env)
+            # a random model writes Whisper's limit of noise in every window: capped for plumbing tests
+            limit = ["--max-new-tokens", str(args.eval_max_new_tokens)] if args.tiny else []
+            transcripts = export_and_transcribe(model_dir, outputs, list(clips), env, limit)
             long_audio = f"s3://{BUCKET}/audio/{long_recording_name(corpus.heldout_export)}"
             subtitles = outputs / "transcripts" / "long.srt"
             _run([*TRANSCRIBE, long_audio, "--model", str(outputs / "ct2"), "--format", "srt", "--output",
-                  str(subtitles)], env)  # fmt: skip
+                  str(subtitles), *limit], env)  # fmt: skip
 
         with step("evaluation"):
             evaluation_dir, novel_dir = outputs / "evaluation", outputs / "evaluation_novel"
             evaluate = [*EVALUATE, "--model", str(model_dir), "--adapter", str(outputs / ADAPTER_DIR)]
             evaluate += ["--max-new-tokens", str(args.eval_max_new_tokens)]
-            if args.tiny:  # a random model writes Whisper's limit of noise in every window: plumbing only
+            if args.tiny:
                 evaluate += ["--long-form-max-new-tokens", str(args.eval_max_new_tokens)]
             heldout = f"s3://{BUCKET}/exports/{corpus.heldout_export.name}"
             _run([*evaluate, "--annotations", heldout, "--output-dir", str(evaluation_dir),
@@ -224,7 +226,7 @@ def long_recording_name(export: Path) -> str:
 
 
 def export_and_transcribe(
-    model_dir: Path, outputs: Path, uris: Sequence[str], env: dict[str, str]
+    model_dir: Path, outputs: Path, uris: Sequence[str], env: dict[str, str], flags: Sequence[str] = ()
 ) -> dict[str, list[str]]:
     """Merge, convert to CTranslate2 and transcribe `uris` with both models, with the commands users run."""
     merged, ct2 = outputs / "merged", outputs / "ct2"
@@ -236,7 +238,10 @@ def export_and_transcribe(
     texts: dict[str, list[str]] = {}
     for name, model in (("merged", merged), ("ctranslate2", ct2)):
         output = outputs / "transcripts" / f"{name}.json"
-        _run([*TRANSCRIBE, *uris, "--model", str(model), "--format", "json", "--output", str(output)], env)
+        _run(
+            [*TRANSCRIBE, *uris, "--model", str(model), "--format", "json", "--output", str(output), *flags],
+            env,
+        )
         texts[name] = [item["text"] for item in json.loads(output.read_text(encoding="utf-8"))]
     return texts
 
