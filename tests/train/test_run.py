@@ -115,7 +115,7 @@ def test_collator_batches_compactly_and_device_padding_restores_pad_features_exa
     assert len(set(batch["num_frames"].tolist())) > 1  # rows shorter than the batch: padded on the device
     for dtype in (torch.float32, torch.bfloat16):
         inputs = model_inputs(batch, dtype=dtype, device="cpu")
-        assert set(inputs) == {"input_features", "labels"}  # the model never sees the compact keys
+        assert set(inputs) == {"input_features", "attention_mask", "labels"}  # never the compact keys
         assert inputs["input_features"].dtype == dtype
         for row, padded in zip(rows, inputs["input_features"], strict=True):
             expected = torch.from_numpy(pad_features(row.frames, row.pad_value)).to(dtype)

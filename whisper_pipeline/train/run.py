@@ -305,8 +305,13 @@ def _finished(state: TrainerState, training_args: PipelineTrainingArguments) -> 
             return True
     elif (state.epoch or 0) >= training_args.num_train_epochs:
         return True
-    control = (state.stateful_callbacks or {}).get("TrainerControl", {}).get("args", {})
-    return bool(control.get("should_training_stop")) and state.global_step < state.max_steps
+    # stopped early: EarlyStoppingCallback's patience spent (a stop by SIGTERM is not an end: it resumes)
+    early = (state.stateful_callbacks or {}).get("EarlyStoppingCallback") or {}
+    if isinstance(early, list):  # one entry per instance
+        early = early[-1]
+    patience = early.get("args", {}).get("early_stopping_patience")
+    counter = early.get("attributes", {}).get("early_stopping_patience_counter", 0)
+    return bool(patience) and counter >= patience and state.global_step < state.max_steps
 
 
 def _restore_finished(trainer: WhisperTrainer, state: TrainerState, checkpoint: Path) -> dict[str, Any]:
