@@ -166,3 +166,11 @@ def test_a_tiny_corpus_still_gets_one_validation_recording():
     splits = assign_splits(["a", "b"], seed=1, val_fraction=0.01)
     assert sorted(splits.values()) == [TRAIN, VALIDATION]
     assert assign_splits(["a", "b"], seed=1, val_fraction=0.0) == {"a": TRAIN, "b": TRAIN}
+
+
+def test_a_tiny_corpus_keeps_one_training_recording():
+    uris = [f"rec_{index}" for index in range(4)]
+    for seed in range(64):  # a 0.99 fraction sends every recording to validation by hash alone
+        splits = assign_splits(uris, seed=seed, val_fraction=0.99)
+        assert list(splits.values()).count(TRAIN) == 1
+    assert set(assign_splits(uris, seed=1, val_fraction=1.0).values()) == {VALIDATION}

@@ -202,11 +202,14 @@ def split_score(audio_uri: str, seed: int) -> float:
 def assign_splits(audio_uris: Iterable[str], *, seed: int, val_fraction: float) -> dict[str, str]:
     """Recording -> split, grouped by recording so no audio is shared between train and validation.
 
-    Adding recordings never moves existing ones. When the hash leaves validation empty (a handful of
-    recordings), the recording with the lowest score goes there so that evaluation is possible.
+    Adding recordings never moves existing ones. When the hash leaves a split empty (a handful of
+    recordings), the recording with the lowest score goes to validation, or the one with the highest to
+    train, so that both training and evaluation are possible.
     """
     scores = {uri: split_score(uri, seed) for uri in sorted(set(audio_uris))}
     splits = {uri: VALIDATION if score < val_fraction else TRAIN for uri, score in scores.items()}
     if val_fraction > 0 and len(scores) > 1 and VALIDATION not in splits.values():
         splits[min(scores, key=scores.__getitem__)] = VALIDATION
+    if val_fraction < 1 and len(scores) > 1 and TRAIN not in splits.values():
+        splits[max(scores, key=scores.__getitem__)] = TRAIN
     return splits
