@@ -75,6 +75,13 @@ def test_demo_runs_the_whole_loop_and_reports_where_everything_is(demo_run):
         {"audio", "reference", "merged", "ctranslate2"}
     ] * 3
     assert "deployed" in first.stdout
+    # the held-out export pre-annotated by both models as a next batch, each prediction scored
+    assert set(summary["preannotation"]) == {"base", "fine-tuned"}
+    for name, scores in summary["preannotation"].items():
+        predictions = json.loads((outputs / "preannotations" / f"{name}.json").read_text())
+        assert scores["tasks"] == len(predictions) == len(heldout)
+        assert scores["reference_words"] == sum(len(text.split()) for text in texts)
+    assert "pre-annotation of the held-out export" in first.stdout
 
 
 def test_heldout_sentences_never_occur_in_training(demo_run):

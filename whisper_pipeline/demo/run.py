@@ -12,7 +12,10 @@
 5. evaluates the base model and the adapter on the held-out export (whisper_pipeline.inference.evaluate);
 6. ships the adapter as users deploy it: merges it into the base model, converts that to CTranslate2
    (int8) and transcribes a few held-out clips, straight from S3, with both (transformers and
-   faster-whisper); then prints the scores, the transcripts and where the outputs are.
+   faster-whisper);
+7. pre-annotates the held-out export as the next batch of a project, with the base model and the
+   fine-tuned one (both CTranslate2 int8), and scores the predictions against the annotations; then prints
+   the scores, the transcripts and where the outputs are.
 
 Everything goes under --workdir (default demo_data/). A second run reuses the corpus and the feature
 cache (prepare is a no-op) and trains again.
@@ -36,6 +39,7 @@ from whisper_pipeline.config import parse_config
 from whisper_pipeline.demo.corpus import BUCKET, build_corpus
 from whisper_pipeline.demo.pretrained import ensure_pretrained
 from whisper_pipeline.errors import PipelineError, exit_on_user_error
+from whisper_pipeline.inference.preannotate import score_predictions
 from whisper_pipeline.prepare.annotations import AnnotationSettings, RegionKind, load_export, parse_export
 from whisper_pipeline.testing.local_s3 import LocalS3Server
 from whisper_pipeline.train.outputs import ADAPTER_DIR, METRICS_FILE
@@ -46,6 +50,7 @@ REPO = Path(__file__).resolve().parents[2]
 EVALUATE = [sys.executable, "-m", "whisper_pipeline.inference.evaluate"]
 EXPORT = [sys.executable, "-m", "whisper_pipeline.inference.export"]
 TRANSCRIBE = [sys.executable, "-m", "whisper_pipeline.inference.transcribe"]
+PREANNOTATE = [sys.executable, "-m", "whisper_pipeline.inference.preannotate"]
 
 
 @dataclass
@@ -165,6 +170,11 @@ def run_demo(args: DemoArguments) -> dict[str, Any]:
             novel = f"s3://{BUCKET}/exports/{corpus.novel_export.name}"
             _run([*evaluate, "--annotations", novel, "--output-dir", str(novel_dir)], env)
 
+        with step("pre-annotation"):
+            preannotation = preannotate_heldout(
+                model_dir, outputs, (heldout, corpus.heldout_export), env, limit
+            )
+
     evaluation = json.loads((evaluation_dir / "evaluation.json").read_text(encoding="utf-8"))
     novel_evaluation = json.loads((novel_dir / "evaluation.json").read_text(encoding="utf-8"))
     report = json.loads((cache_dir / "prepare_report.json").read_text(encoding="utf-8"))
@@ -184,6 +194,7 @@ def run_demo(args: DemoArguments) -> dict[str, Any]:
         "long_form": evaluation.get("long_form"),
         "novel": novel_evaluation["scores"],
         "novel_relative_wer_reduction": novel_evaluation.get("relative_wer_reduction"),
+        "preannotation": preannotation,
         "subtitles": subtitles.read_text(encoding="utf-8"),
         "transcripts": [
             {"audio": uri, "reference": reference, **{name: texts[i] for name, texts in transcripts.items()}}
@@ -246,6 +257,30 @@ def export_and_transcribe(
     return texts
 
 
+def preannotate_heldout(
+    model_dir: Path,
+    outputs: Path,
+    export: tuple[str, Path],
+    env: dict[str, str],
+    flags: Sequence[str],
+) -> dict[str, dict[str, Any]]:
+    """The held-out export pre-annotated as a next batch would be, by the base model and the fine-tuned one
+    (both CTranslate2 int8, as deployed), each scored against the annotations it would save typing.
+    `export`: the export as the command reads it (its S3 URI) and its local copy (to score against)."""
+    export_uri, export_copy = export
+    base_ct2, predictions = outputs / "ct2_base", outputs / "preannotations"
+    convert = [*EXPORT, "ctranslate2", "--model", str(model_dir), "--output", str(base_ct2)]
+    _run([*convert, "--quantization", "int8"], env)
+    document = load_export(export_copy.read_bytes())
+    scores = {}
+    for name, model in (("base", base_ct2), ("fine-tuned", outputs / "ct2")):
+        output = predictions / f"{name}.json"
+        _run([*PREANNOTATE, "--annotations", export_uri, "--output", str(output), "--model", str(model),
+              "--annotated", "--language", "vi", *flags], env)  # fmt: skip
+        scores[name] = score_predictions(document, json.loads(output.read_text(encoding="utf-8")))
+    return scores
+
+
 def format_summary(summary: dict[str, Any]) -> str:
     base, tuned = summary["heldout"]["base"], summary["heldout"].get("adapter", {})
     corpus, seconds, paths = summary["corpus"], summary["seconds"], summary["paths"]
@@ -281,6 +316,9 @@ def format_summary(summary: dict[str, Any]) -> str:
     if summary.get("long_form"):
         lines += ["  whole recordings (long-form, as deployed; short-form = the held-out utterances above):"]
         lines += ["    " + line for line in long_form_rows(summary)]
+    if summary.get("preannotation"):
+        lines += ["  pre-annotation of the held-out export as a next batch (CTranslate2 int8):"]
+        lines += ["    " + line for line in preannotation_rows(summary["preannotation"])]
     if summary.get("subtitles"):
         cues = summary["subtitles"].strip().split("\n\n")[:4]
         lines += ["  subtitles   CTranslate2 int8 on a long held-out recording (first cues):"]
@@ -324,6 +362,20 @@ def long_form_rows(summary: dict[str, Any]) -> list[str]:
             f"{name:<12} {percent((short.get(name) or {}).get('wer')):>9}  {percent(scores.get('wer')):>8}  "
             f"{percent(scores.get('deletions')):>9}  {percent(scores.get('coverage')):>8}  {error:>8}  "
             f"{scores['noise_words']:>11}"
+        )
+    return rows
+
+
+def preannotation_rows(scores: dict[str, dict[str, Any]]) -> list[str]:
+    """model | WER of the predictions | boundary error | words the annotator no longer types."""
+    rows = ["model        WER     boundary error  words saved"]
+    for name, model in scores.items():
+        wer = "  n/a" if model["wer"] is None else f"{100 * model['wer']:5.1f}%"
+        error = "n/a" if model["boundary_error"] is None else f"{model['boundary_error']:.2f} s"
+        share = model["words_saved"] / max(model["reference_words"], 1)
+        rows.append(
+            f"{name:<12} {wer:>6}  {error:>14}  {model['words_saved']} of {model['reference_words']} "
+            f"({100 * share:.0f}%)"
         )
     return rows
 

@@ -177,8 +177,8 @@ class ModelIdentity:
 
     @property
     def version(self) -> str:
-        kind = "adapter" if self.adapter else "weights"
-        return f"{self.base} {kind} {self.digest} trained {self.trained}"
+        kind, made = ("adapter", "trained") if self.adapter else ("weights", "written")
+        return f"{self.base} {kind} {self.digest} {made} {self.trained}"
 
     def made(self, model_version: Any) -> bool:
         return isinstance(model_version, str) and f" {self.digest} " in model_version
