@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from tests.fixtures.label_studio import LabelStudioServer
+from tests.fixtures.label_studio import LabelStudioServer, region_results
 from whisper_pipeline.cache import open_cache
 from whisper_pipeline.constants import SAMPLE_RATE, TIME_PRECISION
 from whisper_pipeline.errors import ConfigError
@@ -68,21 +68,6 @@ def _kept(cache_dir: Path) -> dict[str, list[dict]]:
     for row in rows.to_list():
         kept.setdefault(row["audio_uri"], []).append(row)
     return kept
-
-
-def _region(region_id: str, start: float, end: float, label: str, text: str | None) -> list[dict]:
-    """A region as the editor submits it: a labels result and, if typed, a per-region textarea result."""
-    span = {"start": start, "end": end, "channel": 0}
-    results = [
-        {"value": {**span, "labels": [label]}, "id": region_id, "from_name": "labels", "to_name": "audio",
-         "type": "labels", "origin": "manual"},
-    ]  # fmt: skip
-    if text is not None:
-        results.append(
-            {"value": {**span, "text": [text]}, "id": region_id, "from_name": "transcription",
-             "to_name": "audio", "type": "textarea", "origin": "manual"}
-        )  # fmt: skip
-    return results
 
 
 def test_whole_file_template_keeps_each_short_file_whole_and_counts_long_ones(
@@ -194,7 +179,9 @@ def segments_project(label_studio: LabelStudioServer, tmp_path_factory):
         results = [
             result
             for index, region in enumerate(recordings[kind][1])
-            for result in _region(f"{kind[:3]}{index}", region.start, region.end, region.label, region.text)
+            for result in region_results(
+                f"{kind[:3]}{index}", region.start, region.end, region.label, region.text
+            )
         ]
         label_studio.annotate(task["id"], results)
     expected = {"local": f"{HELLO} {WEATHER}", "upload": THANKS, "http": WEATHER}
@@ -266,15 +253,6 @@ def test_label_config_flag_and_a_changed_http_file_is_recomputed_alone(
         assert _by_kind(_kept(output)) == expected
     finally:
         clip.write_bytes(original)
-
-
-@pytest.fixture(scope="module")
-def personal_access_token(label_studio: LabelStudioServer) -> str:
-    """A personal access token (a JWT refresh token) of the test user, made through the server's API as
-    its Account & Settings page makes it."""
-    token = label_studio.api("POST", "/api/token/")["token"]
-    assert token.count(".") == 2 and token != label_studio.token
-    return token
 
 
 def test_a_personal_access_token_reads_the_project_and_a_new_annotation_rebuilds(

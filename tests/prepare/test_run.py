@@ -30,7 +30,7 @@ from whisper_pipeline.prepare.augment import AugmentationSettings
 from whisper_pipeline.prepare.features import pad_features
 from whisper_pipeline.prepare.http import HttpAccess, HttpSettings
 from whisper_pipeline.prepare.run import TooManyFailures, run_prepare
-from whisper_pipeline.prepare.sources import LIST_MIN_OBJECTS, S3Access, S3Settings, listings
+from whisper_pipeline.prepare.sources import LIST_MIN_OBJECTS, AudioAccess, S3Access, S3Settings, listings
 from whisper_pipeline.testing.synthetic import (
     NOISE,
     LabelStudioExport,
@@ -205,8 +205,8 @@ def test_a_rerun_lists_what_the_previous_run_listed_while_the_export_is_parsed(s
         )
         args = prepare.PrepareArguments(annotations=str(path), allowed_buckets=list(allowed_buckets))
         scanned = prepare._scan_ahead(previous_report, s3, args.allowed_buckets)
-        http = HttpAccess(HttpSettings())
-        return prepare._gather_inputs(args, s3, http, None, scanned), calls
+        access = AudioAccess(s3, HttpAccess(HttpSettings()), allowed_buckets=tuple(allowed_buckets))
+        return prepare._gather_inputs(args, access, None, scanned), calls
 
     first, calls = gather(None)
     assert calls == [("HeadBucket", "MainThread"), ("ListObjectsV2", "MainThread")]

@@ -1,7 +1,8 @@
 """Baseline vs fine-tuned: WER/CER of the base model and of base + adapter on the same utterances.
 
     python -m whisper_pipeline.inference.evaluate --model ./model --adapter outputs/adapter
-        [--data-dir processed_data --split validation | --annotations heldout.json]
+        [--data-dir processed_data --split validation | --annotations heldout.json
+         | --label-studio-url URL --project ID] [--ctranslate2 outputs/ct2]
 
 Utterances come from a feature cache (the validation split by default), or from a Label Studio export that
 is prepared first like a training export (same S3 settings, every recording held out, no augmentation) into
@@ -9,16 +10,19 @@ its own cache, so a rerun costs seconds. The adapter is merged into the base bef
 users deploy it. Where the split holds recordings kept whole (longer than 30 s, several utterances, or
 noise only: see prepare/windows.is_long_form), each model also transcribes them whole with Whisper's
 long-form algorithm and is scored on them (see longform.py); --ctranslate2 adds the faster-whisper export
-on the same utterances and recordings. Writes `evaluation.json`, `evaluation.md` (the tables and the worst
-utterances with their word alignment), `predictions.jsonl` and `long_form.jsonl` under --output-dir.
+on the same utterances and recordings, read from their audio with prepare_data.py's flags and settings
+(S3, Label Studio's files under their roots or through its server). Writes `evaluation.json`,
+`evaluation.md` (the tables and the worst utterances with their word alignment), `predictions.jsonl` and
+`long_form.jsonl` under --output-dir.
 """
 
 from __future__ import annotations
 
 import gc
 import json
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,7 +41,7 @@ from whisper_pipeline.cache import (
 )
 from whisper_pipeline.config import parse_config
 from whisper_pipeline.constants import MAX_TARGET_POSITIONS
-from whisper_pipeline.errors import ConfigError, exit_on_user_error
+from whisper_pipeline.errors import ConfigError, ModelError, exit_on_user_error
 from whisper_pipeline.inference.longform import (
     LongFormArguments,
     LongRecording,
@@ -46,8 +50,16 @@ from whisper_pipeline.inference.longform import (
     score_long_form,
     transcribe_cached,
 )
+from whisper_pipeline.inference.transcribe import (
+    TranscribeArguments,
+    ctranslate2_transcriber,
+    is_ctranslate2,
+    locate_inputs,
+    read_audio,
+)
 from whisper_pipeline.prepare.audio import cut
 from whisper_pipeline.prepare.run import AnnotationSource, PrepareArguments, run_prepare
+from whisper_pipeline.prepare.sources import AudioAccess, AudioRef
 from whisper_pipeline.train.batches import CacheRows, feature_batch, model_inputs
 from whisper_pipeline.train.metrics import SCORES, normalize_for_scoring, score, utterance_wers
 from whisper_pipeline.train.modeling import (
@@ -106,7 +118,7 @@ class EvaluateArguments(AnnotationSource, LongFormArguments):
         default=None,
         metadata={
             "help": "A CTranslate2 export (`export ctranslate2`), scored with faster-whisper on the same "
-            "utterances and recordings (read from their audio)."
+            "utterances and recordings (read from their audio, reached as prepare_data.py reaches it)."
         },
     )
 
@@ -120,6 +132,11 @@ class EvaluateArguments(AnnotationSource, LongFormArguments):
         check_writable(self.output_dir, "--output-dir")
         if self.annotations and self.eval_cache_dir:
             check_writable(self.eval_cache_dir, "--eval-cache-dir")
+        if self.ctranslate2 and not is_ctranslate2(Path(self.ctranslate2)):  # before any model runs
+            raise ModelError(
+                f"--ctranslate2 {self.ctranslate2} holds no model.bin: give the folder `export ctranslate2` "
+                "wrote"
+            )
 
 
 @dataclass(frozen=True)
@@ -135,10 +152,10 @@ class Utterances:
     description: str
 
 
-def load_utterances(args: EvaluateArguments) -> Utterances:
+def load_utterances(args: EvaluateArguments, environ: Mapping[str, str] | None = None) -> Utterances:
     """Clean (not augmented) rows of the chosen split, or of the prepared --annotations export."""
     if args.annotations or args.project is not None:
-        cache, split = _prepare_annotations(args), "validation"
+        cache, split = _prepare_annotations(args, environ), "validation"
     else:
         cache, split = open_cache(Path(args.data_dir), model_dir=Path(args.model)), args.split
     rows = clean_rows(cache.train if split == "train" else cache.validation, args.max_examples)
@@ -164,7 +181,7 @@ def load_utterances(args: EvaluateArguments) -> Utterances:
     )
 
 
-def _prepare_annotations(args: EvaluateArguments) -> PreparedCache:
+def _prepare_annotations(args: EvaluateArguments, environ: Mapping[str, str] | None) -> PreparedCache:
     """The export through prepare_data.py's own path, every recording in the validation split."""
     cache_dir = Path(args.eval_cache_dir or Path(args.output_dir) / "cache")
     source = {name.name: getattr(args, name.name) for name in fields(AnnotationSource)}
@@ -179,7 +196,7 @@ def _prepare_annotations(args: EvaluateArguments) -> PreparedCache:
         augment_copies=0,
         max_window_regions=1,  # short-form: each utterance alone; long-form: the recordings kept whole
     )
-    run_prepare(prepare_args)
+    run_prepare(prepare_args, environ=environ)
     return open_cache(cache_dir, model_dir=Path(args.model))
 
 
@@ -209,16 +226,21 @@ def alignment_text(reference: str, hypothesis: str) -> str:
     return jiwer.visualize_alignment(aligned, show_measures=False).strip()
 
 
-def run_evaluation(args: EvaluateArguments) -> dict[str, Any]:
+def run_evaluation(args: EvaluateArguments, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Score the base and (if given) the adapter, merged into it, on the same utterances and whole
-    recordings, and the CTranslate2 export if given; write and return the results."""
+    recordings, and the CTranslate2 export if given; write and return the results. `environ`: where S3's
+    and Label Studio's settings are read (default: the process's)."""
     from transformers import WhisperTokenizerFast
 
     args.validate()
+    environ = os.environ if environ is None else environ
     precision = resolve_precision(args.precision)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    utterances = load_utterances(args)
+    utterances = load_utterances(args, environ)
     recordings = cached_recordings(utterances.recordings) if args.long_form else []
+    # the CTranslate2 export's audio located before any model runs: what cannot be read is said at once,
+    # not after the base and the adapter are scored
+    audio = _ctranslate2_audio(args, utterances, recordings, environ) if args.ctranslate2 else None
     tokenizer = WhisperTokenizerFast.from_pretrained(args.model)
     candidates = {"base": None, **({"adapter": args.adapter} if args.adapter else {})}
     hypotheses: dict[str, list[str]] = {}
@@ -249,8 +271,9 @@ def run_evaluation(args: EvaluateArguments) -> dict[str, Any]:
             )
         del model
         gc.collect()
-    if args.ctranslate2:
-        hypotheses["ctranslate2"], long_form["ctranslate2"] = _ctranslate2(args, utterances, recordings)
+    if audio is not None:
+        exported = _ctranslate2(args, utterances, recordings, audio)
+        hypotheses["ctranslate2"], long_form["ctranslate2"] = exported
     results = _results(args, utterances, hypotheses, precision)
     if recordings:
         results["long_form"] = {
@@ -261,30 +284,43 @@ def run_evaluation(args: EvaluateArguments) -> dict[str, Any]:
     return results
 
 
+@dataclass(frozen=True)
+class _Audio:
+    """The recordings the CTranslate2 export reads: their URIs as the cache names them, where each is,
+    and how it is reached."""
+
+    uris: list[str]
+    refs: list[AudioRef]
+    access: AudioAccess
+
+
+def _ctranslate2_audio(
+    args: EvaluateArguments,
+    utterances: Utterances,
+    recordings: Sequence[LongRecording],
+    environ: Mapping[str, str],
+) -> _Audio:
+    """Each recording the utterances come from, located as prepare_data.py located it (the same flags:
+    S3's default bucket, Label Studio's roots or its server, allowed buckets and hosts) and checked."""
+    _, access = args.connect(environ)
+    uris = sorted({source["audio_uri"] for source in utterances.sources} | {r.uri for r in recordings})
+    return _Audio(uris, locate_inputs(uris, access), access)
+
+
 def _ctranslate2(
-    args: EvaluateArguments, utterances: Utterances, recordings: Sequence[LongRecording]
+    args: EvaluateArguments, utterances: Utterances, recordings: Sequence[LongRecording], audio: _Audio
 ) -> tuple[list[str], list[list[Span]]]:
     """The export through faster-whisper (`transcribe`'s own transcriber): it takes audio, not the cache's
     features, so each recording is read and decoded again; its utterances are cut from it as prepare cut
     them, and the long-form ones transcribed whole."""
-    from whisper_pipeline.inference.transcribe import (
-        TranscribeArguments,
-        ctranslate2_transcriber,
-        read_audio,
-        resolve_inputs,
-    )
-
     options = TranscribeArguments(
         model=args.ctranslate2, task=utterances.task, max_new_tokens=args.long_form_max_new_tokens
     )
     transcribe = ctranslate2_transcriber(Path(args.ctranslate2), options, utterances.language)
-    uris = sorted({source["audio_uri"] for source in utterances.sources} | {r.uri for r in recordings})
-    refs, client = resolve_inputs(uris, Path(args.local_files_root) if args.local_files_root else None)
     texts: dict[int, str] = {}
     whole: dict[str, list[Span]] = {}
-    for uri, samples in tqdm(
-        read_audio(uris, refs, client), total=len(uris), desc="ctranslate2", unit="file"
-    ):
+    reading = read_audio(audio.uris, audio.refs, audio.access)
+    for uri, samples in tqdm(reading, total=len(audio.uris), desc="ctranslate2", unit="file"):
         for i, source in enumerate(utterances.sources):
             if source["audio_uri"] == uri:
                 clip = cut(samples, source["start"], source["end"])

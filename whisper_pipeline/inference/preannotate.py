@@ -75,17 +75,9 @@ from whisper_pipeline.prepare.annotations import (
     resolve_controls,
 )
 from whisper_pipeline.prepare.audio import AudioDecodeError, decode_audio
-from whisper_pipeline.prepare.http import HttpAccess
-from whisper_pipeline.prepare.label_studio import LabelStudioClient, LabelStudioSettings, server_http
+from whisper_pipeline.prepare.label_studio import LabelStudioClient
 from whisper_pipeline.prepare.run import AnnotationSource, read_annotations
-from whisper_pipeline.prepare.sources import (
-    AudioSourceError,
-    S3Access,
-    S3Settings,
-    load_env_file,
-    read_bytes,
-    resolve_audio_uri,
-)
+from whisper_pipeline.prepare.sources import AudioAccess, AudioSourceError, load_env_file
 from whisper_pipeline.prepare.windows import Utterance
 from whisper_pipeline.train.metrics import normalize_for_scoring, score
 from whisper_pipeline.train.modeling import ADAPTER_SAFETENSORS, PRECISIONS
@@ -435,26 +427,16 @@ class PreannotateSummary:
 
 @dataclass
 class _Session:
-    """What a run talks to: S3, http(s) and the server (if any), and where predictions go."""
+    """What a run talks to: the audio (as prepare_data.py reaches it), the server (if any), and where
+    predictions go."""
 
     args: PreannotateArguments
-    s3: S3Access
-    http: HttpAccess
-    server: LabelStudioSettings | None
+    access: AudioAccess
     client: LabelStudioClient | None
 
     def fetch(self, task: dict[str, Any], audio_key: str) -> np.ndarray:
-        args = self.args
-        ref = resolve_audio_uri(
-            task["data"][audio_key],
-            default_bucket=self.s3.settings.bucket_name,
-            local_files_root=Path(args.local_files_root) if args.local_files_root else None,
-            upload_root=Path(args.upload_root) if args.upload_root else None,
-            allowed_buckets=args.allowed_buckets or None,
-            label_studio_url=self.server.url if self.server else None,
-        )
-        client = self.s3.client() if ref.kind == "s3" else None
-        return decode_audio(read_bytes(ref, client, self.s3.stats, self.http), name=ref.uri)
+        ref = self.access.resolve(task["data"][audio_key])
+        return decode_audio(self.access.read(ref), name=ref.uri)
 
 
 def run_preannotate(
@@ -512,13 +494,9 @@ def run_preannotate(
 
 
 def _connect(args: PreannotateArguments, environ: Mapping[str, str]) -> _Session:
-    s3 = S3Access(S3Settings.from_env(environ))
-    server = LabelStudioSettings.from_env(args.label_studio_url, environ)
-    if args.project is not None and server is None:
-        raise ConfigError("--project needs --label-studio-url (or LABEL_STUDIO_URL)")
-    http = server_http(server, s3.settings, args.allowed_hosts)
-    client = LabelStudioClient(server, http) if server and args.project is not None else None
-    return _Session(args, s3, http, server, client)
+    server, access = args.connect(environ)
+    client = LabelStudioClient(server, access.http) if server and args.project is not None else None
+    return _Session(args, access, client)
 
 
 def _read_tasks(
@@ -535,7 +513,7 @@ def _read_tasks(
             existing.setdefault(prediction.get("task"), []).append(prediction)
         destination = f"{args.output} (dry run)" if args.dry_run else client.project_name(project)
         return document, xml, existing, destination
-    document = load_export(read_annotations(args.annotations, session.s3), source=args.annotations)
+    document = load_export(read_annotations(args.annotations, session.access.s3), source=args.annotations)
     for task in document:
         for prediction in task.get("predictions") or [] if isinstance(task, dict) else []:
             if isinstance(prediction, dict):  # (older exports list only their ids)

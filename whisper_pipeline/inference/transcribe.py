@@ -41,15 +41,13 @@ from whisper_pipeline.inference.longform import clamp_time, generate_segments
 from whisper_pipeline.prepare.audio import AudioDecodeError, decode_audio
 from whisper_pipeline.prepare.http import HttpAccess, redact
 from whisper_pipeline.prepare.sources import (
+    AudioAccess,
     AudioRef,
     AudioSourceError,
+    S3Access,
     S3Settings,
     http_settings,
     load_env_file,
-    make_s3_client,
-    read_bytes,
-    resolve_audio_uri,
-    stat,
 )
 from whisper_pipeline.train.modeling import (
     PRECISIONS,
@@ -178,50 +176,41 @@ def exported_language(model_dir: Path, adapter_dir: Path | None) -> str | None:
         return None
 
 
-@dataclass
-class AudioReaders:
-    """What reads the inputs: an S3 client (made when an s3:// input needs it) and the http(s) access."""
-
-    s3: object | None
-    http: HttpAccess
-
-
 def shown_uri(uri: str) -> str:
     """An input as transcripts and messages name it: a URL without its query string (presigned
     signatures, tokens) or credentials."""
     return redact(uri) if uri.startswith(("http://", "https://")) else uri
 
 
-def resolve_inputs(uris: Sequence[str], local_files_root: Path | None) -> tuple[list[AudioRef], AudioReaders]:
-    """Every input located and checked before any model loads: a missing one is a one-line error."""
+def resolve_inputs(uris: Sequence[str], local_files_root: Path | None) -> tuple[list[AudioRef], AudioAccess]:
+    """The command's inputs: a relative path is a local file (not a bare S3 key, as in an export)."""
     settings = S3Settings.from_env(os.environ)
-    readers = AudioReaders(None, HttpAccess(http_settings(settings)))
+    access = AudioAccess(S3Access(settings), HttpAccess(http_settings(settings)), local_files_root)
+    local = [os.path.abspath(uri) if "://" not in uri and not uri.startswith("/") else uri for uri in uris]
+    return locate_inputs(local, access), access
+
+
+def locate_inputs(locations: Sequence[str], access: AudioAccess) -> list[AudioRef]:
+    """Every input located and checked before any model loads: a missing one is a one-line error."""
     refs = []
-    for uri in uris:
-        relative_path = "://" not in uri and not uri.startswith("/")
+    for location in locations:
         try:
-            ref = resolve_audio_uri(
-                os.path.abspath(uri) if relative_path else uri,
-                default_bucket=None,
-                local_files_root=local_files_root,
-            )
-            if ref.kind == "s3" and readers.s3 is None:
-                readers.s3 = make_s3_client(settings)
-            stat(ref, readers.s3, readers.http)
+            ref = access.resolve(location)
+            access.stat(ref)
         except AudioSourceError as error:
             raise PipelineError(f"cannot read {error}") from None
         refs.append(ref)
-    return refs, readers
+    return refs
 
 
 def read_audio(
-    uris: Sequence[str], refs: Sequence[AudioRef], readers: AudioReaders
+    uris: Sequence[str], refs: Sequence[AudioRef], access: AudioAccess
 ) -> Iterator[tuple[str, np.ndarray]]:
     """Decoded one at a time: many long recordings never sit in memory together. Each under its `uri` as
     given (the caller's key); messages name it as `shown_uri` does."""
     for uri, ref in zip(uris, refs, strict=True):
         try:
-            yield uri, decode_audio(read_bytes(ref, readers.s3, http=readers.http), name=shown_uri(uri))
+            yield uri, decode_audio(access.read(ref), name=shown_uri(uri))
         except (AudioSourceError, AudioDecodeError) as error:
             raise PipelineError(f"cannot read {error}") from None
 
@@ -412,12 +401,12 @@ def run(uris: Sequence[str], args: TranscribeArguments) -> list[Transcript]:
             "--vad-filter and --word-timestamps are faster-whisper's: give a CTranslate2 --model"
         )
     root = Path(args.local_files_root) if args.local_files_root else None
-    refs, readers = resolve_inputs(uris, root)
+    refs, access = resolve_inputs(uris, root)
     language = args.language or exported_language(model_dir, Path(args.adapter) if args.adapter else None)
     make = ctranslate2_transcriber if is_ctranslate2(model_dir) else transformers_transcriber
     transcribe = make(model_dir, args, language)
     transcripts: list[Transcript] = []
-    audio = ((shown_uri(uri), samples) for uri, samples in read_audio(uris, refs, readers))
+    audio = ((shown_uri(uri), samples) for uri, samples in read_audio(uris, refs, access))
     with tqdm(total=len(uris), desc="transcribing", unit="file", disable=len(uris) < 2) as progress:
         while batch := list(islice(audio, args.batch_size)):
             transcripts += transcribe(batch)

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from whisper_pipeline.errors import ConfigError
-from whisper_pipeline.prepare.http import HttpAccess, HttpError, HttpSettings, origin, redact
-from whisper_pipeline.prepare.sources import S3Settings
+from whisper_pipeline.prepare.http import HttpAccess, HttpError, origin, redact
+from whisper_pipeline.prepare.sources import S3Settings, http_settings
 
 SNAPSHOT_POLL_S = 0.5  # between looks at a snapshot being made
 SNAPSHOT_TIMEOUT_S = 1800.0  # a snapshot not made by then is reported as failed
@@ -54,15 +54,15 @@ class LabelStudioSettings:
 def server_http(
     server: LabelStudioSettings | None, s3: S3Settings, allowed_hosts: Sequence[str] = ()
 ) -> HttpAccess:
-    """http(s) access with S3's CA bundle and timeouts, the server's key sent to the server only."""
+    """http(s) access with S3's CA bundle and timeouts, the server's key sent to the server only (a
+    personal access token exchanged at the server for access tokens)."""
     return HttpAccess(
-        HttpSettings(
-            ca_bundle=s3.ca_bundle,
-            connect_timeout=s3.connect_timeout,
-            read_timeout=s3.read_timeout,
+        http_settings(
+            s3,
             allowed_hosts=tuple(host.strip().lower() for host in allowed_hosts if host.strip()),
             token=server.api_key if server else None,
             token_origin=origin(server.url) if server else None,
+            token_refresh_url=server.token_refresh_url if server else None,
         )
     )
 

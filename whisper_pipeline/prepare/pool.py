@@ -17,8 +17,7 @@ from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
-from whisper_pipeline.prepare.http import HttpAccess
-from whisper_pipeline.prepare.sources import AudioRef, AudioSourceError, S3Access, read_bytes
+from whisper_pipeline.prepare.sources import AudioAccess, AudioRef, AudioSourceError
 from whisper_pipeline.prepare.worker import (
     RecordingOutcome,
     RecordingWork,
@@ -119,8 +118,7 @@ def fetch_and_process(
     workers: ProcessPoolExecutor,
     in_flight: int,
     download_concurrency: int,
-    s3: S3Access,
-    http: HttpAccess | None = None,
+    access: AudioAccess,
 ) -> Iterator[tuple[RecordingWork, RecordingOutcome | AudioSourceError]]:
     """Each pending recording downloaded by a thread and processed by a worker; yields, in the calling
     thread and in the order they finish, each one's outcome or the download's AudioSourceError. Any other
@@ -129,15 +127,15 @@ def fetch_and_process(
     room = InFlight(in_flight, IN_FLIGHT_BYTES)
     stop = threading.Event()
     finished: queue.Queue[tuple[RecordingWork, Future | None, BaseException | None]] = queue.Queue()
-    needs_client = any(refs[work.audio_uri].kind == "s3" for work in pending)
-    client = s3.client() if needs_client else None
+    if any(refs[work.audio_uri].kind == "s3" for work in pending):
+        access.s3.client()  # made here: a setting it refuses is raised in this thread
 
     def fetch_and_submit(work: RecordingWork) -> None:
         size = sizes[work.audio_uri]
         if not room.acquire(size, stop):
             return
         try:
-            data = read_bytes(refs[work.audio_uri], client, s3.stats, http)
+            data = access.read(refs[work.audio_uri])
             future = workers.submit(process_recording, work, data)
         except BaseException as error:  # handed to the calling thread, which decides
             room.release(size)

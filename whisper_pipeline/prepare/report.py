@@ -86,9 +86,9 @@ def build_report(
         "no_speech_examples": per_split("no_speech_rows"),
         "whole_recordings": per_split("whole_recordings")[VALIDATION],
         "transfers": {
-            "objects": run.s3.stats.objects,
-            "bytes": run.s3.stats.bytes,
-            "retries": run.s3.stats.retries + run.http.retries,
+            "objects": run.access.s3.stats.objects,
+            "bytes": run.access.s3.stats.bytes,
+            "retries": run.access.s3.stats.retries + run.access.http.retries,
         },
         "listings": [asdict(listing) for listing in listings(list(run.inputs.refs.values()))],
         "audio_seconds": audio_seconds,

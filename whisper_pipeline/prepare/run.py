@@ -59,11 +59,11 @@ from whisper_pipeline.prepare.annotations import (
 from whisper_pipeline.prepare.augment import AugmentationSettings
 from whisper_pipeline.prepare.features import FEATURE_EXTRACTOR_FILES, LabelEncoder, LogMelFeaturizer
 from whisper_pipeline.prepare.fork_server import start_worker_server
-from whisper_pipeline.prepare.http import HttpAccess, origin
-from whisper_pipeline.prepare.label_studio import LabelStudioClient, LabelStudioSettings
+from whisper_pipeline.prepare.label_studio import LabelStudioClient, LabelStudioSettings, server_http
 from whisper_pipeline.prepare.pool import feature_workers, fetch_and_process, worker_count
 from whisper_pipeline.prepare.report import build_report, format_summary, recording_meta
 from whisper_pipeline.prepare.sources import (
+    AudioAccess,
     AudioRef,
     AudioSourceError,
     Listing,
@@ -71,7 +71,6 @@ from whisper_pipeline.prepare.sources import (
     S3Settings,
     Scan,
     UnresolvableAudioError,
-    http_settings,
     load_env_file,
     preflight,
     read_bytes,
@@ -143,6 +142,23 @@ class AnnotationSource:
     @property
     def control_names(self) -> ControlNames:
         return ControlNames(self.text_from_name, self.label_from_name, self.audio_key)
+
+    def connect(self, environ: Mapping[str, str]) -> tuple[LabelStudioSettings | None, AudioAccess]:
+        """The server (if one is named) and the way to the audio, from these flags and the environment:
+        the one place they are read, so that every command reaches a recording alike."""
+        s3 = S3Access(S3Settings.from_env(environ))
+        server = LabelStudioSettings.from_env(self.label_studio_url, environ)
+        if self.project is not None and server is None:
+            raise ConfigError("--project needs --label-studio-url (or LABEL_STUDIO_URL)")
+        access = AudioAccess(
+            s3,
+            server_http(server, s3.settings, self.allowed_hosts),
+            local_files_root=Path(self.local_files_root) if self.local_files_root else None,
+            upload_root=Path(self.upload_root) if self.upload_root else None,
+            allowed_buckets=tuple(self.allowed_buckets),
+            label_studio_url=server.url if server else None,
+        )
+        return server, access
 
 
 @dataclass
@@ -234,8 +250,7 @@ class PrepareRun:
     augmentation: AugmentationSettings
     layout: CacheLayout
     model_dir: Path
-    s3: S3Access
-    http: HttpAccess
+    access: AudioAccess
     settings: Mapping[str, Any]  # every setting that shapes the cache
     inputs: _Inputs
     fingerprint: str
@@ -281,25 +296,12 @@ def run_prepare(
     layout = CacheLayout(Path(args.output_dir))
     model_dir = Path(args.model)
     _check_model_dir(model_dir)
-    environ = os.environ if environ is None else environ
-    s3 = S3Access(S3Settings.from_env(environ))
-    server = LabelStudioSettings.from_env(args.label_studio_url, environ)
-    if args.project is not None and server is None:
-        raise ConfigError("--project needs --label-studio-url (or LABEL_STUDIO_URL)")
-    http = HttpAccess(
-        http_settings(
-            s3.settings,
-            allowed_hosts=tuple(host.strip().lower() for host in args.allowed_hosts if host.strip()),
-            token=server.api_key if server else None,
-            token_origin=origin(server.url) if server else None,
-            token_refresh_url=server.token_refresh_url if server else None,
-        )
-    )
+    server, access = args.connect(os.environ if environ is None else environ)
     with ExitStack() as writing:
         with _collector_paused():  # a rerun that finds its cache current ends in here
-            scanned = _scan_ahead(read_report(layout.root), s3, args.allowed_buckets)
+            scanned = _scan_ahead(read_report(layout.root), access.s3, args.allowed_buckets)
             processor = processor_fingerprint(model_dir)
-            inputs = _gather_inputs(args, s3, http, server, scanned)
+            inputs = _gather_inputs(args, access, server, scanned)
             settings = {
                 "format_version": FORMAT_VERSION,
                 "language": args.language,
@@ -332,7 +334,7 @@ def run_prepare(
                 shutil.rmtree(layout.staging, ignore_errors=True)
                 return PrepareSummary(previous_report, current=True)
         run = PrepareRun(
-            args, augmentation, layout, model_dir, s3, http, settings, inputs, fingerprint, started
+            args, augmentation, layout, model_dir, access, settings, inputs, fingerprint, started
         )
         with _cache_write_errors(layout.root):
             report = _build(run)
@@ -386,8 +388,7 @@ class _Inputs:
 
 def _gather_inputs(
     args: PrepareArguments,
-    s3: S3Access,
-    http: HttpAccess,
+    access: AudioAccess,
     server: LabelStudioSettings | None,
     scanned: Callable[[], dict[Listing, Scan]],
 ) -> _Inputs:
@@ -395,15 +396,15 @@ def _gather_inputs(
     where each recording is and its identity."""
     label_config = read_label_config(args.label_config) if args.label_config else None
     if args.project is not None:
-        client = LabelStudioClient(server, http)
+        client = LabelStudioClient(server, access.http)
         source = client.project_name(args.project)
         if label_config is None:
             label_config = parse_label_config(client.label_config(args.project), source=f"{source}'s config")
         raw = client.export(args.project)
     else:
-        source, raw = args.annotations, read_annotations(args.annotations, s3)
+        source, raw = args.annotations, read_annotations(args.annotations, access.s3)
     controls, parsed = parse_annotations(raw, args, label_config, source=source)
-    return _identify(args, s3, http, server, source, raw, controls, parsed, scanned)
+    return _identify(args, access, source, raw, controls, parsed, scanned)
 
 
 def parse_annotations(
@@ -469,9 +470,7 @@ def _scan_ahead(
 
 def _identify(
     args: PrepareArguments,
-    s3: S3Access,
-    http: HttpAccess,
-    server: LabelStudioSettings | None,
+    access: AudioAccess,
     source: str,
     raw: bytes,
     controls: ResolvedControls,
@@ -483,8 +482,6 @@ def _identify(
     refs: dict[str, AudioRef] = {}
     task_of: dict[str, str] = {}
     unresolved: list[Skip] = []
-    local_files_root = Path(args.local_files_root) if args.local_files_root else None
-    upload_root = Path(args.upload_root) if args.upload_root else None
     for task in parsed.tasks:
         if not any(region.kind in wanted for region in task.regions):  # noise alone, noise examples off
             unresolved.append(Skip("no_transcribed_speech", task.task_id, task.audio_uri))
@@ -492,14 +489,7 @@ def _identify(
         if task.audio_uri in refs:
             continue
         try:
-            refs[task.audio_uri] = resolve_audio_uri(
-                task.location,
-                default_bucket=s3.settings.bucket_name,
-                local_files_root=local_files_root,
-                upload_root=upload_root,
-                allowed_buckets=args.allowed_buckets or None,
-                label_studio_url=server.url if server else None,
-            )
+            refs[task.audio_uri] = access.resolve(task.location)
             task_of[task.audio_uri] = task.task_id
         except UnresolvableAudioError as error:
             unresolved.append(Skip(error.reason, task.task_id, task.audio_uri, str(error)))
@@ -507,11 +497,11 @@ def _identify(
     scans = scanned()
     listed = {plan.bucket for plan, done in scans.items() if done.complete}  # they have answered
     if unasked := [bucket for bucket in buckets if bucket not in listed]:
-        preflight(s3.client(), unasked)
-    client = s3.client() if buckets else None
+        preflight(access.s3.client(), unasked)
+    client = access.s3.client() if buckets else None
     infos: dict[str, dict[str, Any]] = {}
     unavailable: list[Skip] = []
-    stats = stat_all(list(refs.values()), client, args.download_concurrency, scans, http)
+    stats = stat_all(list(refs.values()), client, args.download_concurrency, scans, access.http)
     for uri, info in sorted(stats.items()):
         if isinstance(info, AudioSourceError):
             unavailable.append(Skip(info.reason, task_of[uri], uri, str(info)))
@@ -686,8 +676,7 @@ def _compute(
         workers=workers,
         in_flight=concurrency + 2 * worker_count(run.args.num_workers),
         download_concurrency=concurrency,
-        s3=run.s3,
-        http=run.http,
+        access=run.access,
     )
     with _RecordingProgress(pending) as progress:
         for work, outcome in outcomes:

@@ -196,6 +196,38 @@ def resolve_audio_uri(
     return _checked_bucket(AudioRef(uri, "s3", bucket=default_bucket, key=uri), allowed_buckets)
 
 
+@dataclass(frozen=True)
+class AudioAccess:
+    """How the audio an export names is reached: S3 (bare keys in the default bucket, only the allowed
+    buckets), Label Studio's files under their roots or else through its server (`label_studio_url`; its
+    key is in `http`), http(s). One object for every command that reads a project's audio (prepare_data.py,
+    evaluate --ctranslate2, preannotate, transcribe), so that a URI resolves and reads the same in each."""
+
+    s3: S3Access
+    http: HttpAccess
+    local_files_root: Path | None = None
+    upload_root: Path | None = None
+    allowed_buckets: tuple[str, ...] = ()
+    label_studio_url: str | None = None
+
+    def resolve(self, location: str) -> AudioRef:
+        """Where `location` (as the export writes it) points; UnresolvableAudioError where we may not read."""
+        return resolve_audio_uri(
+            location,
+            default_bucket=self.s3.settings.bucket_name,
+            local_files_root=self.local_files_root,
+            upload_root=self.upload_root,
+            allowed_buckets=self.allowed_buckets or None,
+            label_studio_url=self.label_studio_url,
+        )
+
+    def stat(self, ref: AudioRef) -> ObjectInfo:
+        return stat(ref, self.s3.client() if ref.kind == "s3" else None, self.http)
+
+    def read(self, ref: AudioRef) -> bytes:
+        return read_bytes(ref, self.s3.client() if ref.kind == "s3" else None, self.s3.stats, self.http)
+
+
 def _checked_bucket(ref: AudioRef, allowed_buckets: Sequence[str] | None) -> AudioRef:
     if allowed_buckets and ref.bucket not in allowed_buckets:
         raise UnresolvableAudioError(
