@@ -29,7 +29,7 @@ from whisper_pipeline.atomic import write_directory_atomically
 from whisper_pipeline.config import parse_config
 from whisper_pipeline.errors import ConfigError, ModelError, exit_on_user_error
 from whisper_pipeline.prepare.features import PREPROCESSOR_CONFIG, feature_extractor_settings
-from whisper_pipeline.train.modeling import configure_generation, load_trained
+from whisper_pipeline.train.modeling import configure_generation, load_trained, without_progress_bars
 from whisper_pipeline.train.outputs import trained_language_and_task
 from whisper_pipeline.writable import check_writable
 
@@ -106,7 +106,8 @@ def merge(args: MergeArguments) -> Path:
     processor_dir = adapter_dir if (adapter_dir / "tokenizer.json").is_file() else model_dir
 
     def write(folder: Path) -> None:
-        model.save_pretrained(str(folder), safe_serialization=True)
+        with without_progress_bars():
+            model.save_pretrained(str(folder), safe_serialization=True)
         WhisperTokenizerFast.from_pretrained(str(processor_dir)).save_pretrained(str(folder))
         WhisperFeatureExtractor.from_pretrained(str(processor_dir)).save_pretrained(str(folder))
 
@@ -137,7 +138,8 @@ def to_ctranslate2(args: CTranslate2Arguments) -> Path:
 
     def write(folder: Path) -> None:
         converter = ctranslate2.converters.TransformersConverter(str(model_dir), copy_files=copied)
-        converter.convert(str(folder), quantization=args.quantization, force=True)
+        with without_progress_bars():  # the converter loads the model with transformers' from_pretrained
+            converter.convert(str(folder), quantization=args.quantization, force=True)
         # faster-whisper reads only this file, flat: a transformers 5 processor_config.json is not read
         (folder / PREPROCESSOR_CONFIG).write_text(json.dumps(feature_extractor, indent=2), encoding="utf-8")
 
