@@ -35,6 +35,7 @@ from whisper_pipeline.cache import (
     open_cache,
     whole_recordings,
 )
+from whisper_pipeline.cli import CONFIG_NOTE, PipelineArgumentParser, as_typed
 from whisper_pipeline.config import parse_config
 from whisper_pipeline.constants import MAX_TARGET_POSITIONS
 from whisper_pipeline.errors import ConfigError, exit_on_user_error
@@ -47,7 +48,14 @@ from whisper_pipeline.inference.longform import (
     transcribe_cached,
 )
 from whisper_pipeline.prepare.audio import cut
-from whisper_pipeline.prepare.run import AnnotationSource, PrepareArguments, run_prepare
+from whisper_pipeline.prepare.run import (
+    AUDIO_SOURCE_FIELDS,
+    LABELLING_FIELDS,
+    SERVER_FIELDS,
+    AnnotationSource,
+    PrepareArguments,
+    run_prepare,
+)
 from whisper_pipeline.train.batches import CacheRows, feature_batch, model_inputs
 from whisper_pipeline.train.metrics import SCORES, normalize_for_scoring, score, utterance_wers
 from whisper_pipeline.train.modeling import (
@@ -120,6 +128,17 @@ class EvaluateArguments(AnnotationSource, LongFormArguments):
         check_writable(self.output_dir, "--output-dir")
         if self.annotations and self.eval_cache_dir:
             check_writable(self.eval_cache_dir, "--eval-cache-dir")
+
+
+HELP_GROUPS = {
+    "data": ("data_dir", "split", "max_examples", "annotations", "eval_cache_dir"),
+    "annotations (with --annotations or --project)": (*SERVER_FIELDS, *LABELLING_FIELDS),
+    "audio": AUDIO_SOURCE_FIELDS,
+    "model": ("model", "adapter", "ctranslate2", "precision"),
+    "generation": ("language", "task", "batch_size", "max_new_tokens"),
+    "long-form": tuple(f.name for f in fields(LongFormArguments)),
+    "outputs": ("output_dir", "worst"),
+}
 
 
 @dataclass(frozen=True)
@@ -440,7 +459,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from whisper_pipeline.prepare.sources import load_env_file
 
     load_env_file()
-    (args,) = parse_config((EvaluateArguments,), sys.argv[1:] if argv is None else argv)
+    parser = PipelineArgumentParser(
+        (EvaluateArguments,),
+        prog=as_typed("whisper-evaluate", f"python -m {__spec__.name}"),
+        description="Baseline vs fine-tuned: WER/CER of the base model and of base + adapter on the same "
+        f"utterances (and recordings kept whole). {CONFIG_NOTE}",
+        groups=HELP_GROUPS,
+    )
+    (args,) = parse_config((EvaluateArguments,), sys.argv[1:] if argv is None else argv, parser=parser)
     results = run_evaluation(args)
     print(format_summary(results, args.output_dir))
     return 0
