@@ -1,6 +1,6 @@
 """The commands' output is theirs: no library warnings, deprecation notices or weight-loading bars in a run of
-training, evaluation and transcription on the tiny model (each in its own process, as a user runs it, so
-that no warning was already shown once by an earlier test)."""
+training, evaluation, transcription and export on the tiny model (each in its own process, as a user runs
+it, so that no warning was already shown once by an earlier test)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,10 @@ pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[1]
 # What a library prints on its own: Python warnings (FutureWarning, UserWarning, ...), transformers'
-# logger warnings and its "Loading weights" bar.
-NOISE = re.compile(r"warn|deprecat|loading weights|attention mask|generation flags", re.IGNORECASE)
+# logger warnings and its "Loading weights" and "Writing model shards" bars.
+NOISE = re.compile(
+    r"warn|deprecat|loading weights|writing model shards|attention mask|generation flags", re.IGNORECASE
+)
 # The one line left, once per process, with no cause on this side: Whisper's own generate (transformers
 # 5.23 to 5.25, generation_whisper.py, "See PR #48108") passes suppress_tokens and begin_suppress_tokens
 # next to the generation_config it built, and generate() warns about its own call.
@@ -70,3 +72,27 @@ def test_transcribe_prints_no_library_warning(trained, tiny_model_dir, speech_cl
         "--adapter", str(trained[0] / "adapter"), "--max-new-tokens", "16",
     )  # fmt: skip
     assert noise(output) == []
+
+
+@pytest.fixture(scope="module")
+def merged(trained, tiny_model_dir) -> tuple[Path, str]:
+    """The trained adapter merged into the tiny model by `export merge`, and what the command printed."""
+    folder = trained[0] / "merged"
+    output = run(
+        "-m", "whisper_pipeline.inference.export", "merge", "--model", str(tiny_model_dir),
+        "--adapter", str(trained[0] / "adapter"), "--output", str(folder),
+    )  # fmt: skip
+    return folder, output
+
+
+def test_export_merge_prints_no_library_warning(merged):
+    assert noise(merged[1]) == []
+
+
+def test_export_ctranslate2_prints_no_library_warning(merged):
+    # CTranslate2's converter loads the merged model through transformers: its "Loading weights" bar
+    output = run(
+        "-m", "whisper_pipeline.inference.export", "ctranslate2", "--model", str(merged[0]),
+        "--output", str(merged[0].parent / "ct2"),
+    )  # fmt: skip
+    assert noise(output) == [] and (merged[0].parent / "ct2" / "model.bin").is_file()

@@ -13,8 +13,10 @@ import argparse
 import dataclasses
 import difflib
 import re
+import sys
 import textwrap
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, get_type_hints
 
 from transformers import HfArgumentParser
@@ -22,6 +24,14 @@ from transformers import HfArgumentParser
 from whisper_pipeline.errors import ConfigError
 
 MAX_CHOICES_SHOWN = 40  # characters of {a,b,c} beside a flag; longer lists go into its help text
+CONFIG_USAGE = "%(prog)s [CONFIG.yaml] [--setting VALUE ...]"
+CONFIG_NOTE = "A setting is a flag or a key of CONFIG.yaml (a flag wins)."
+
+
+def as_typed(console_script: str, otherwise: str) -> str:
+    """The command as the user typed it, for its usage line: the console script (pyproject.toml) where that
+    is what runs, else `otherwise` (the checkout's script, or `python -m module`)."""
+    return console_script if Path(sys.argv[0]).name == console_script else otherwise
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -53,18 +63,18 @@ class _HelpFormatter(argparse.HelpFormatter):
 
 class PipelineArgumentParser(HfArgumentParser):
     """HfArgumentParser over `dataclass_types`; `groups` maps a help title to the fields shown under it, in
-    order (fields of a dataclass with an `_argument_group_name` go under that title; the rest under
-    `other_title`)."""
+    that order (fields of a dataclass with an `_argument_group_name` go under that title, after any listed
+    there; the rest under `other_title`)."""
 
     def __init__(
         self,
         dataclass_types: Sequence[type],
         *,
-        prog: str,
-        usage: str,
+        prog: str | None = None,
+        usage: str = CONFIG_USAGE,
         description: str = "",
         groups: Mapping[str, Sequence[str]] | None = None,
-        other_title: str = "other settings",
+        other_title: str = "settings",
     ) -> None:
         self._titles = {name: title for title, names in (groups or {}).items() for name in names}
         self._group_order = list(groups or {})
@@ -78,6 +88,9 @@ class PipelineArgumentParser(HfArgumentParser):
             formatter_class=_HelpFormatter,
             allow_abbrev=False,  # among hundreds of flags a prefix is a typo more often than a shorthand
         )
+        listed = {name: index for names in (groups or {}).values() for index, name in enumerate(names)}
+        for group in self._groups.values():  # a group's fields in the order given, not the dataclasses'
+            group._group_actions.sort(key=lambda action: listed.get(action.dest, len(listed)))
 
     def _group(self, title: str):
         if not self._groups:  # every titled group first, in the order given, whatever the dataclasses' order
@@ -106,7 +119,9 @@ class PipelineArgumentParser(HfArgumentParser):
         main.option_strings = [dashed]  # `--a_b` stays registered with the parser, only hidden
         if main.choices and len(",".join(map(str, main.choices))) > MAX_CHOICES_SHOWN:
             main.metavar = field.name.upper()
-            main.help = f"{main.help or ''} One of: {', '.join(map(str, main.choices))}."
+            named = [re.search(rf"\b{re.escape(str(choice))}\b", main.help or "") for choice in main.choices]
+            if not all(named):  # the help names them all already
+                main.help = f"{main.help or ''} One of: {', '.join(map(str, main.choices))}."
         if main.nargs != "?" or main.const is not True:  # not a flag (an optional boolean takes a value)
             return
         negation = f"--no-{field.name.replace('_', '-')}"

@@ -1,4 +1,4 @@
-"""Command-line + YAML/JSON configuration over typed dataclasses (HfArgumentParser).
+"""Command-line + YAML/JSON configuration over typed dataclasses (HfArgumentParser, see cli.py).
 
 `python script.py [CONFIG.yaml] [--flags]`: the file gives values, the flags override them, and a key the
 dataclasses do not know is an error naming it (a typo must not be silently ignored). A run's own record of
@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from transformers import HfArgumentParser
 
 from whisper_pipeline.cli import PipelineArgumentParser
 from whisper_pipeline.errors import ConfigError
@@ -48,10 +47,10 @@ def parse_config(
     dataclass_types: Sequence[type], argv: Sequence[str], *, parser: PipelineArgumentParser | None = None
 ) -> tuple[Any, ...]:
     """Parse an optional leading config file, then flags, into one instance of each dataclass type
-    (`parser`: a PipelineArgumentParser over the same types, for grouped help and one-line errors)."""
+    (`parser`: a PipelineArgumentParser over the same types, for the command's usage line and help groups;
+    by default one with all flags under one heading)."""
     argv = list(argv)
-    plain = parser is None
-    parser = parser or HfArgumentParser(list(dataclass_types))
+    parser = parser or PipelineArgumentParser(list(dataclass_types))
     if argv and not argv[0].startswith("-") and argv[0].endswith(CONFIG_SUFFIXES):
         values = load_config_file(Path(argv.pop(0)))
         known = {f.name for dataclass_type in dataclass_types for f in fields(dataclass_type) if f.init}
@@ -64,18 +63,7 @@ def parse_config(
             )
             raise ConfigError(f"unknown setting(s) in config file: {described}")
         parser.set_defaults(**values)
-    if not plain:
-        return parser.parse(argv)
-    try:
-        parsed = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
-    except SystemExit as exit_request:  # argparse already printed its usage line (or --help)
-        if not exit_request.code:
-            raise
-        raise ConfigError("invalid command-line arguments (see the usage line above)") from exit_request
-    *instances, remaining = parsed
-    if remaining:
-        raise ConfigError(f"unknown argument(s): {' '.join(remaining)}")
-    return tuple(instances)
+    return parser.parse(argv)
 
 
 def to_plain_dict(instance: Any) -> dict[str, Any]:

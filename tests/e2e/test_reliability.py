@@ -14,11 +14,9 @@ import os
 import resource
 import shutil
 import signal
-import stat
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
@@ -30,6 +28,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.fixtures.cache import cache_digest, prepare_arguments, prepare_command
+from tests.fixtures.disk import read_only
 from tests.fixtures.processes import kill_in_phase
 from whisper_pipeline.cache import open_cache
 from whisper_pipeline.errors import PipelineError
@@ -200,24 +199,6 @@ def test_permanent_s3_faults_are_skips_naming_the_item(
     assert [item["reason"] for item in failed] == ["download_failed"]
     assert report["recordings"]["to_retry"] == 1  # transient in kind: the next run tries again
     assert report["fingerprint"].startswith("retry-needed:")
-
-
-@contextmanager
-def read_only(folder: Path):
-    """No new entries in `folder`: permissions for a normal user; root ignores them, so the immutable
-    attribute (chattr +i) then."""
-    as_root = os.geteuid() == 0
-    if as_root:
-        subprocess.run(["chattr", "+i", str(folder)], check=True)
-    else:
-        folder.chmod(stat.S_IRUSR | stat.S_IXUSR)
-    try:
-        yield
-    finally:
-        if as_root:
-            subprocess.run(["chattr", "-i", str(folder)], check=True)
-        else:
-            folder.chmod(stat.S_IRWXU)
 
 
 def _limit_file_size() -> None:

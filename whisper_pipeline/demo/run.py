@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from whisper_pipeline.cli import CONFIG_NOTE, PipelineArgumentParser, as_typed
 from whisper_pipeline.config import parse_config
 from whisper_pipeline.demo.corpus import BUCKET, build_corpus
 from whisper_pipeline.demo.pretrained import ensure_pretrained
@@ -382,7 +383,14 @@ def preannotation_rows(scores: dict[str, dict[str, Any]]) -> list[str]:
 
 @exit_on_user_error
 def main(argv: Sequence[str] | None = None) -> int:
-    (args,) = parse_config((DemoArguments,), sys.argv[1:] if argv is None else argv)
+    parser = PipelineArgumentParser(
+        (DemoArguments,),
+        prog=as_typed("whisper-demo", f"python -m {__spec__.name}"),
+        description="The whole loop on this machine, offline: a synthetic corpus on a local S3, prepare, "
+        f"train, evaluate, export and transcribe. {CONFIG_NOTE}",
+        other_title="demo",
+    )
+    (args,) = parse_config((DemoArguments,), sys.argv[1:] if argv is None else argv, parser=parser)
     print(format_summary(run_demo(args)))
     return 0
 

@@ -39,6 +39,7 @@ from whisper_pipeline.cache import (
     open_cache,
     whole_recordings,
 )
+from whisper_pipeline.cli import CONFIG_NOTE, PipelineArgumentParser, as_typed
 from whisper_pipeline.config import parse_config
 from whisper_pipeline.constants import MAX_TARGET_POSITIONS
 from whisper_pipeline.errors import ConfigError, ModelError, exit_on_user_error
@@ -58,7 +59,14 @@ from whisper_pipeline.inference.transcribe import (
     read_audio,
 )
 from whisper_pipeline.prepare.audio import cut
-from whisper_pipeline.prepare.run import AnnotationSource, PrepareArguments, run_prepare
+from whisper_pipeline.prepare.run import (
+    AUDIO_SOURCE_FIELDS,
+    LABELLING_FIELDS,
+    SERVER_FIELDS,
+    AnnotationSource,
+    PrepareArguments,
+    run_prepare,
+)
 from whisper_pipeline.prepare.sources import AudioAccess, AudioRef
 from whisper_pipeline.train.batches import CacheRows, feature_batch, model_inputs
 from whisper_pipeline.train.metrics import SCORES, normalize_for_scoring, score, utterance_wers
@@ -137,6 +145,17 @@ class EvaluateArguments(AnnotationSource, LongFormArguments):
                 f"--ctranslate2 {self.ctranslate2} holds no model.bin: give the folder `export ctranslate2` "
                 "wrote"
             )
+
+
+HELP_GROUPS = {
+    "data": ("data_dir", "split", "max_examples", "annotations", "eval_cache_dir"),
+    "annotations (with --annotations or --project)": (*SERVER_FIELDS, *LABELLING_FIELDS),
+    "audio": AUDIO_SOURCE_FIELDS,
+    "model": ("model", "adapter", "ctranslate2", "precision"),
+    "generation": ("language", "task", "batch_size", "max_new_tokens"),
+    "long-form": tuple(f.name for f in fields(LongFormArguments)),
+    "outputs": ("output_dir", "worst"),
+}
 
 
 @dataclass(frozen=True)
@@ -476,7 +495,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from whisper_pipeline.prepare.sources import load_env_file
 
     load_env_file()
-    (args,) = parse_config((EvaluateArguments,), sys.argv[1:] if argv is None else argv)
+    parser = PipelineArgumentParser(
+        (EvaluateArguments,),
+        prog=as_typed("whisper-evaluate", f"python -m {__spec__.name}"),
+        description="Baseline vs fine-tuned: WER/CER of the base model and of base + adapter on the same "
+        f"utterances (and recordings kept whole). {CONFIG_NOTE}",
+        groups=HELP_GROUPS,
+    )
+    (args,) = parse_config((EvaluateArguments,), sys.argv[1:] if argv is None else argv, parser=parser)
     results = run_evaluation(args)
     print(format_summary(results, args.output_dir))
     return 0

@@ -26,10 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from whisper_pipeline.atomic import write_directory_atomically
+from whisper_pipeline.cli import CONFIG_NOTE, PipelineArgumentParser, as_typed
 from whisper_pipeline.config import parse_config
 from whisper_pipeline.errors import ConfigError, ModelError, exit_on_user_error
 from whisper_pipeline.prepare.features import PREPROCESSOR_CONFIG, feature_extractor_settings
-from whisper_pipeline.train.modeling import configure_generation, load_trained
+from whisper_pipeline.train.modeling import configure_generation, load_trained, without_progress_bars
 from whisper_pipeline.train.outputs import trained_language_and_task
 from whisper_pipeline.writable import check_writable
 
@@ -43,7 +44,8 @@ CT2_OPTIONAL_FILES = ("generation_config.json",)
 
 @dataclass
 class MergeArguments:
-    """Settings of `export merge`."""
+    """`export merge`: the LoRA adapter (and any trained convolutions) folded into the base model, a plain
+    Whisper in safetensors that runs without peft."""
 
     model: str = field(default="./model", metadata={"help": "Base Whisper directory."})
     adapter: str = field(default="outputs/adapter", metadata={"help": "Trained LoRA adapter."})
@@ -60,7 +62,7 @@ class MergeArguments:
 
 @dataclass
 class CTranslate2Arguments:
-    """Settings of `export ctranslate2`."""
+    """`export ctranslate2`: a merged model converted to CTranslate2, for faster-whisper."""
 
     model: str = field(default="outputs/merged", metadata={"help": "A merged (plain) Whisper directory."})
     output: str = field(default="outputs/ct2", metadata={"help": "Where the CTranslate2 model goes."})
@@ -106,7 +108,8 @@ def merge(args: MergeArguments) -> Path:
     processor_dir = adapter_dir if (adapter_dir / "tokenizer.json").is_file() else model_dir
 
     def write(folder: Path) -> None:
-        model.save_pretrained(str(folder), safe_serialization=True)
+        with without_progress_bars():
+            model.save_pretrained(str(folder), safe_serialization=True)
         WhisperTokenizerFast.from_pretrained(str(processor_dir)).save_pretrained(str(folder))
         WhisperFeatureExtractor.from_pretrained(str(processor_dir)).save_pretrained(str(folder))
 
@@ -137,7 +140,8 @@ def to_ctranslate2(args: CTranslate2Arguments) -> Path:
 
     def write(folder: Path) -> None:
         converter = ctranslate2.converters.TransformersConverter(str(model_dir), copy_files=copied)
-        converter.convert(str(folder), quantization=args.quantization, force=True)
+        with without_progress_bars():  # the converter loads the model with transformers' from_pretrained
+            converter.convert(str(folder), quantization=args.quantization, force=True)
         # faster-whisper reads only this file, flat: a transformers 5 processor_config.json is not read
         (folder / PREPROCESSOR_CONFIG).write_text(json.dumps(feature_extractor, indent=2), encoding="utf-8")
 
@@ -146,8 +150,11 @@ def to_ctranslate2(args: CTranslate2Arguments) -> Path:
 
 
 COMMANDS = {"merge": (MergeArguments, merge), "ctranslate2": (CTranslate2Arguments, to_ctranslate2)}
-# as typed: the console script (whisper-export), or the module
-PROG = "whisper-export" if Path(sys.argv[0]).name == "whisper-export" else "python -m " + __spec__.name
+HELP_GROUPS = {
+    "merge": {"inputs": ("model", "adapter", "allow_pickle"), "outputs": ("output", "language", "task")},
+    "ctranslate2": {"inputs": ("model",), "outputs": ("output", "quantization")},
+}
+PROG = as_typed("whisper-export", f"python -m {__spec__.name}")
 USAGE = f"usage: {PROG} {{{'|'.join(COMMANDS)}}} [--flags]"
 HELP = f"""{USAGE}
 
@@ -172,7 +179,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not argv or argv[0] not in COMMANDS:
         raise ConfigError(f"{USAGE} (--help describes the commands)")
     arguments_type, command = COMMANDS[argv[0]]
-    (args,) = parse_config((arguments_type,), argv[1:])
+    parser = PipelineArgumentParser(
+        (arguments_type,),
+        prog=f"{PROG} {argv[0]}",
+        description=f"{' '.join(arguments_type.__doc__.split())} {CONFIG_NOTE}",
+        groups=HELP_GROUPS[argv[0]],
+    )
+    (args,) = parse_config((arguments_type,), argv[1:], parser=parser)
     output = command(args)
     print(f"{argv[0]}: wrote {output}")
     return 0

@@ -46,6 +46,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from whisper_pipeline.atomic import atomic_write_bytes
+from whisper_pipeline.cli import CONFIG_NOTE, PipelineArgumentParser, as_typed
 from whisper_pipeline.config import parse_config
 from whisper_pipeline.errors import (
     AnnotationError,
@@ -76,7 +77,13 @@ from whisper_pipeline.prepare.annotations import (
 )
 from whisper_pipeline.prepare.audio import AudioDecodeError, decode_audio
 from whisper_pipeline.prepare.label_studio import LabelStudioClient
-from whisper_pipeline.prepare.run import AnnotationSource, read_annotations
+from whisper_pipeline.prepare.run import (
+    AUDIO_SOURCE_FIELDS,
+    LABELLING_FIELDS,
+    SERVER_FIELDS,
+    AnnotationSource,
+    read_annotations,
+)
 from whisper_pipeline.prepare.sources import AudioAccess, AudioSourceError, load_env_file
 from whisper_pipeline.prepare.windows import Utterance
 from whisper_pipeline.train.metrics import normalize_for_scoring, score
@@ -151,6 +158,15 @@ class PreannotateArguments(AnnotationSource):
             raise ConfigError("--replace and --dry-run are for a server's --project")
         if self.batch_size < 1 or (self.limit is not None and self.limit < 0):
             raise ConfigError("--batch-size must be positive and --limit not negative")
+
+
+HELP_GROUPS = {
+    "tasks": (*SERVER_FIELDS, "annotations", "tasks", "limit", "annotated", "replace"),
+    "labelling config": (*LABELLING_FIELDS, "speech_label"),
+    "audio": AUDIO_SOURCE_FIELDS,
+    "model": ("model", "adapter", "precision", "language", "max_new_tokens", "batch_size"),
+    "outputs": ("output", "dry_run"),
+}
 
 
 # --- which model ---------------------------------------------------------------------------------------
@@ -710,7 +726,14 @@ def _predicted_spans(results: list[Any], settings: AnnotationSettings) -> list[S
 @exit_on_user_error
 def main(argv: Sequence[str] | None = None) -> int:
     load_env_file()
-    (args,) = parse_config((PreannotateArguments,), sys.argv[1:] if argv is None else argv)
+    parser = PipelineArgumentParser(
+        (PreannotateArguments,),
+        prog=as_typed("whisper-preannotate", f"python -m {__spec__.name}"),
+        description="The fine-tuned model's transcripts posted into Label Studio as predictions (or written "
+        f"to --output). {CONFIG_NOTE} S3 access comes from the environment or .env.",
+        groups=HELP_GROUPS,
+    )
+    (args,) = parse_config((PreannotateArguments,), sys.argv[1:] if argv is None else argv, parser=parser)
     summary = run_preannotate(args)
     print(summary.format())
     return 0

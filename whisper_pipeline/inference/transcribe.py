@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from whisper_pipeline.cli import PipelineArgumentParser, as_typed
 from whisper_pipeline.config import parse_config
 from whisper_pipeline.constants import N_FRAMES, SAMPLE_RATE
 from whisper_pipeline.errors import ConfigError, ModelError, PipelineError, exit_on_user_error
@@ -64,7 +65,8 @@ from whisper_pipeline.writable import check_writable
 FORMATS = ("text", "json", "srt", "vtt")
 EXTENSIONS = {"text": "txt", "json": "json", "srt": "srt", "vtt": "vtt"}
 TASKS = ("transcribe", "translate")
-USAGE = "usage: python -m whisper_pipeline.inference.transcribe AUDIO... --model DIR [--flags]"
+PROG = as_typed("whisper-transcribe", f"python -m {__spec__.name}")
+USAGE = f"usage: {PROG} AUDIO... --model DIR [--flags]"
 
 
 @dataclass
@@ -126,6 +128,22 @@ class TranscribeArguments:
             raise ConfigError("--beam-size and --batch-size must be positive")
         if self.output and self.output_dir:
             raise ConfigError("give --output (one file) or --output-dir (a file per input), not both")
+
+
+HELP_GROUPS = {
+    "model": ("model", "adapter", "precision", "batch_size"),
+    "decoding": (
+        "language",
+        "task",
+        "initial_prompt",
+        "beam_size",
+        "max_new_tokens",
+        "vad_filter",
+        "word_timestamps",
+    ),
+    "audio": ("local_files_root",),
+    "outputs": ("format", "output", "output_dir"),
+}
 
 
 @dataclass(frozen=True)
@@ -422,7 +440,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not uris and "--help" not in flags and "-h" not in flags:
         raise ConfigError(USAGE)
     load_env_file()
-    (args,) = parse_config((TranscribeArguments,), flags)
+    parser = PipelineArgumentParser(
+        (TranscribeArguments,),
+        prog=PROG,
+        usage=USAGE.removeprefix("usage: "),
+        description="Transcribe local files, s3:// URIs or http(s) URLs with a merged Whisper, base + "
+        "adapter, or a CTranslate2 export (faster-whisper). S3 access comes from the environment or .env.",
+        groups=HELP_GROUPS,
+    )
+    (args,) = parse_config((TranscribeArguments,), flags, parser=parser)
     # outputs refused before any work
     if args.output:
         check_writable(args.output, "--output", folder=False)

@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import ExitStack, contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ from whisper_pipeline.cache import (
     read_report,
     stable_hash,
 )
+from whisper_pipeline.cli import CONFIG_NOTE, PipelineArgumentParser, as_typed
 from whisper_pipeline.config import parse_config
 from whisper_pipeline.constants import CHUNK_SECONDS
 from whisper_pipeline.errors import CacheError, ConfigError, ModelError, PipelineError, exit_on_user_error
@@ -161,6 +162,12 @@ class AnnotationSource:
         return server, access
 
 
+# --help: AnnotationSource's fields by what they name, grouped alike in every command that reads a project.
+SERVER_FIELDS = ("label_studio_url", "project")
+LABELLING_FIELDS = ("label_config", "text_from_name", "label_from_name", "audio_key", "exclude_labels")
+AUDIO_SOURCE_FIELDS = ("local_files_root", "upload_root", "allowed_buckets", "allowed_hosts")
+
+
 @dataclass
 class PrepareArguments(AnnotationSource):
     """Settings of prepare_data.py (flags, or keys of a YAML/JSON config file)."""
@@ -218,6 +225,22 @@ class PrepareArguments(AnnotationSource):
             raise ConfigError(f"--task must be transcribe or translate, got {self.task!r}")
         if not 0 <= self.max_skip_fraction <= 1:
             raise ConfigError(f"--max-skip-fraction must be in [0, 1], got {self.max_skip_fraction}")
+
+
+HELP_GROUPS = {
+    "annotations": ("annotations", *SERVER_FIELDS, *LABELLING_FIELDS),
+    "audio": AUDIO_SOURCE_FIELDS,
+    "segmentation and split": (
+        "max_window_seconds",
+        "max_window_regions",
+        "noise_examples",
+        "val_fraction",
+        "seed",
+    ),
+    "augmentation": ("augment_copies", *(f.name for f in fields(AugmentationSettings))),
+    "features and cache": ("model", "language", "task", "output_dir", "force", "max_skip_fraction"),
+    "workers": ("num_workers", "download_concurrency"),
+}
 
 
 class TooManyFailures(PipelineError):
@@ -787,9 +810,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     import sys
 
     load_env_file()
-    args, augmentation = parse_config(
-        (PrepareArguments, AugmentationSettings), sys.argv[1:] if argv is None else argv
+    types = (PrepareArguments, AugmentationSettings)
+    parser = PipelineArgumentParser(
+        types,
+        prog=as_typed("whisper-prepare", "prepare_data.py"),
+        description="Stage 1: a Label Studio export and its audio -> the feature cache train_model.py reads. "
+        f"{CONFIG_NOTE} S3 access comes from the environment or .env (S3_*, AWS_*: see the README).",
+        groups=HELP_GROUPS,
     )
+    args, augmentation = parse_config(types, sys.argv[1:] if argv is None else argv, parser=parser)
     summary = run_prepare(args, augmentation)
     print(format_summary(summary))
     return 0

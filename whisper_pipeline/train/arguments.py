@@ -11,7 +11,7 @@ import torch
 from transformers import Seq2SeqTrainingArguments
 from transformers.training_args import IntervalStrategy, SaveStrategy
 
-from whisper_pipeline.cli import PipelineArgumentParser
+from whisper_pipeline.cli import CONFIG_NOTE, PipelineArgumentParser, as_typed
 from whisper_pipeline.config import parse_config
 from whisper_pipeline.constants import MAX_TARGET_POSITIONS
 from whisper_pipeline.errors import ConfigError
@@ -316,10 +316,9 @@ def parse_arguments(
     types = (DataArguments, ModelArguments, LoraArguments, PipelineTrainingArguments)
     parser = PipelineArgumentParser(
         types,
-        prog="train_model.py",
-        usage="%(prog)s [CONFIG.yaml] [--setting VALUE ...]",
-        description="Stage 2: the feature cache -> a LoRA adapter for Whisper, chosen by WER. A setting is a "
-        "flag or a key of CONFIG.yaml (a flag wins); a run's outputs/train_config.yaml repeats that run.",
+        prog=as_typed("whisper-train", "train_model.py"),
+        description="Stage 2: the feature cache -> a LoRA adapter for Whisper, chosen by WER. "
+        f"{CONFIG_NOTE} A run's outputs/train_config.yaml repeats that run.",
         groups=HELP_GROUPS,
         other_title="Trainer settings (the other Seq2SeqTrainingArguments fields, transformers 5)",
     )

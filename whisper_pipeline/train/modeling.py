@@ -140,7 +140,7 @@ def load_base_model(
         )
         kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}
     try:
-        with _without_loading_bar():
+        with without_progress_bars():
             model = WhisperForConditionalGeneration.from_pretrained(
                 str(model_dir), use_safetensors=weights == "safetensors", local_files_only=True, **kwargs
             )
@@ -162,9 +162,10 @@ def limit_new_tokens(model: WhisperForConditionalGeneration, max_new_tokens: int
 
 
 @contextmanager
-def _without_loading_bar() -> Iterator[None]:
-    """transformers 5 draws a "Loading weights" bar for every model it loads, a fraction of a second here, in
-    the middle of the commands' own output: its progress bars off for the load, as they were after."""
+def without_progress_bars() -> Iterator[None]:
+    """transformers 5 draws a "Loading weights" bar for every model it loads (and "Writing model shards" for
+    every one it saves), a fraction of a second here, in the middle of the commands' own output: its
+    progress bars off for the load or save, as they were after."""
     enabled = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
