@@ -12,11 +12,13 @@ applied if given).
 Audio longer than 30 s is transcribed the way OpenAI's Whisper does it, in both runtimes: window after window
 of 30 s, each starting where the last complete segment of the previous one ended, every segment with its
 timestamps (transformers' own long-form generate, not the ASR pipeline's overlapping chunks, which it calls
-experimental for Whisper). Decoding is deterministic: greedy by default (--beam-size for beam search),
-temperature 0 without fallback, no conditioning on the previous window, no voice-activity filter, so both
-runtimes decode alike (a window judged without speech gives no text in both: see FASTER_WHISPER_DECODING);
-their transcripts still differ where the CTranslate2 export is quantized, or where faster-whisper's
-zero-padded log-mel of a short last window tips a near-tie.
+experimental for Whisper). Both start greedy (--beam-size for beam search), without conditioning on the
+previous window or a voice-activity filter, and drop a window judged without speech by OpenAI's rule
+(longform.NO_SPEECH_THRESHOLD). faster-whisper keeps its own fallback, as deployed: a window whose text loops
+is decoded again at rising temperatures, seeded so a run repeats (see FASTER_WHISPER_DECODING);
+transformers stays at temperature 0. Their transcripts differ where the fallback runs, where the
+CTranslate2 export is quantized, or where faster-whisper's zero-padded log-mel of a short last window tips
+a near-tie.
 """
 
 from __future__ import annotations
@@ -38,7 +40,12 @@ from whisper_pipeline.cli import PipelineArgumentParser, as_typed
 from whisper_pipeline.config import parse_config
 from whisper_pipeline.constants import N_FRAMES, SAMPLE_RATE
 from whisper_pipeline.errors import ConfigError, ModelError, PipelineError, exit_on_user_error
-from whisper_pipeline.inference.longform import clamp_time, generate_segments
+from whisper_pipeline.inference.longform import (
+    LOG_PROB_THRESHOLD,
+    NO_SPEECH_THRESHOLD,
+    clamp_time,
+    generate_segments,
+)
 from whisper_pipeline.prepare.audio import AudioDecodeError, decode_audio
 from whisper_pipeline.prepare.http import HttpAccess, redact
 from whisper_pipeline.prepare.sources import (
@@ -233,25 +240,24 @@ def read_audio(
             raise PipelineError(f"cannot read {error}") from None
 
 
-# faster-whisper decoding as transformers' `generate` does it by default: one pass at temperature 0, no
-# fallback, no conditioning on the previous window's text, no VAD. One rule stays faster-whisper's own (its
-# defaults): a window whose no-speech probability is over 0.6 and whose text averages a log-probability
-# under -1 is dropped. faster-whisper suppresses the no-speech token while decoding (as OpenAI's Whisper
-# does), so this rule is how it uses what the no-speech examples taught; transformers lets the model emit
-# the token, which decodes to no text.
+# faster-whisper decoding as users deploy it: its defaults (greedy at temperature 0, then sampling at
+# rising temperatures where a window's text loops, compression ratio over 2.4, or averages a log-probability
+# under -1; OpenAI's no-speech rule), except two: no conditioning on the previous window's text (a loop
+# would carry on into the next window) and no voice-activity filter unless asked. The fallback's sampling
+# is seeded per file, so a run repeats. faster-whisper suppresses the no-speech token while decoding (as
+# OpenAI's Whisper does): the rule is how it uses what the no-speech examples taught.
 FASTER_WHISPER_DECODING = {
-    "best_of": 1,
-    "temperature": 0.0,
     "condition_on_previous_text": False,
     "vad_filter": False,
-    "compression_ratio_threshold": None,
-    "log_prob_threshold": -1.0,
-    "no_speech_threshold": 0.6,
+    "log_prob_threshold": LOG_PROB_THRESHOLD,
+    "no_speech_threshold": NO_SPEECH_THRESHOLD,
 }
+FALLBACK_SEED = 0
 
 
 def ctranslate2_transcriber(model_dir: Path, args: TranscribeArguments, language: str | None) -> Transcriber:
     """faster-whisper: the GPU when CTranslate2 sees one, the export's own weight type (converted on CPU)."""
+    import ctranslate2
     from faster_whisper import WhisperModel
 
     if not (model_dir / "tokenizer.json").is_file():
@@ -275,6 +281,7 @@ def ctranslate2_transcriber(model_dir: Path, args: TranscribeArguments, language
                 "max_new_tokens": args.max_new_tokens,
             }
             decoding = {**FASTER_WHISPER_DECODING, "vad_filter": args.vad_filter}
+            ctranslate2.set_random_seed(FALLBACK_SEED)
             segments, info = model.transcribe(samples, **options, **decoding)
             found = [
                 Segment(
