@@ -148,8 +148,9 @@ def test_a_label_studio_project_scored_with_its_uploads_read_by_the_ctranslate2_
     [
         (["--project", "7"], "--project needs --label-studio-url (or LABEL_STUDIO_URL)"),
         (["--ctranslate2", "{model}"], "holds no model.bin"),
+        (["--project", "7", "--annotations", "export.json"], "name two exports: give one"),
     ],
-    ids=["project-without-server", "ctranslate2-not-an-export"],
+    ids=["project-without-server", "ctranslate2-not-an-export", "project-and-annotations"],
 )
 def test_user_mistakes_are_one_line_errors(flags, message, tiny_model_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("LABEL_STUDIO_URL", raising=False)

@@ -51,3 +51,28 @@ def test_long_form_is_over_one_window_or_several_utterances_or_noise_only():
     assert recording((0.0, 1.0, "một"), (2.0, 3.0, "hai"), seconds=5.0).long_form
     assert recording(seconds=5.0).long_form  # whatever is written on it is hallucinated
     assert not recording((0.0, 1.0, "một"), seconds=5.0).long_form
+
+
+def test_generation_is_in_the_language_asked_for_never_a_detected_one(tiny_model_dir):
+    """A random model detects any language on noise: the decoder's first prompt must carry the given one."""
+    import numpy as np
+    import torch
+    from transformers import WhisperForConditionalGeneration, WhisperTokenizerFast
+
+    from whisper_pipeline.inference.longform import generate_segments
+
+    model = WhisperForConditionalGeneration.from_pretrained(tiny_model_dir).eval()
+    tokenizer = WhisperTokenizerFast.from_pretrained(tiny_model_dir)
+    model.generation_config.max_new_tokens = 4
+    prompts = []
+    model.model.decoder.register_forward_pre_hook(
+        lambda _, args, kwargs: prompts.append((kwargs.get("input_ids"), *args)[0][0].tolist()),
+        with_kwargs=True,
+    )
+    features = torch.from_numpy(np.random.default_rng(0).standard_normal((1, 80, 3000), dtype=np.float32))
+    for language in ("vi", "de"):
+        prompts.clear()
+        generate_segments(model, features, torch.ones(1, 3000, dtype=torch.long), tokenizer=tokenizer,
+                          language=language, task="transcribe")  # fmt: skip
+        language_id = tokenizer.convert_tokens_to_ids(f"<|{language}|>")
+        assert language_id in prompts[0][:3], prompts[0]

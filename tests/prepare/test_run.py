@@ -188,6 +188,13 @@ def test_rerun_is_a_no_op_and_force_or_a_changed_setting_rebuilds(
     )
     assert forced.report["recordings"]["computed"] == forced.report["recordings"]["total"]
 
+    one_region = run_prepare(  # windows of one region each: another cache, not "current"
+        prepare_arguments(staged_corpus, tiny_model_dir, root, augment_copies=2, max_window_regions=1),
+        AugmentationSettings(),
+        environ=staged_corpus.env,
+    )
+    assert not one_region.current and one_region.report["windows"] != forced.report["windows"]
+
 
 def test_a_rerun_lists_what_the_previous_run_listed_while_the_export_is_parsed(s3_bucket, tmp_path):
     export = LabelStudioExport(seed=3)
@@ -406,6 +413,7 @@ def test_too_many_failed_recordings_fail_the_run_and_keep_the_previous_cache(
         ("no_ca_bundle", "AWS_CA_BUNDLE"),
         ("unknown_bucket", "no-such-bucket"),
         ("bad_config_key", "augment_copy"),
+        ("project_and_annotations", "name two exports"),
     ],
 )
 def test_user_errors_are_one_line_exit_2_before_heavy_work(
@@ -425,6 +433,8 @@ def test_user_errors_are_one_line_exit_2_before_heavy_work(
         config = tmp_path / "prepare.yaml"
         config.write_text("augment_copy: 2\n")
         command.insert(2, str(config))
+    elif case == "project_and_annotations":
+        command += ["--label-studio-url", "http://127.0.0.1:9", "--project", "3"]
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()

@@ -9,10 +9,12 @@
 3. starts a local S3 server (moto over TLS with a freshly generated private CA, like a MinIO behind a
    corporate CA), uploads audio and exports, and stops it at the end whatever happens;
 4. runs run_pipeline.sh against it: prepare_data.py, then LoRA training (train_model.py);
-5. evaluates the base model and the adapter on the held-out export (whisper_pipeline.inference.evaluate);
-6. ships the adapter as users deploy it: merges it into the base model, converts that to CTranslate2
-   (int8) and transcribes a few held-out clips, straight from S3, with both (transformers and
-   faster-whisper);
+5. ships the adapter as users deploy it: merges it into the base model, converts that to CTranslate2
+   (int8) and transcribes a few held-out clips and a long recording (subtitles), straight from S3, with
+   both (transformers and faster-whisper);
+6. evaluates the base model, the merged adapter and the CTranslate2 export on the held-out export, each
+   utterance alone and the long recordings whole (whisper_pipeline.inference.evaluate), and base and
+   adapter on the novel sentences;
 7. pre-annotates the held-out export as the next batch of a project, with the base model and the
    fine-tuned one (both CTranslate2 int8), and scores the predictions against the annotations; then prints
    the scores, the transcripts and where the outputs are.
@@ -39,7 +41,7 @@ from whisper_pipeline.cli import CONFIG_NOTE, PipelineArgumentParser, as_typed
 from whisper_pipeline.config import parse_config
 from whisper_pipeline.demo.corpus import BUCKET, build_corpus
 from whisper_pipeline.demo.pretrained import ensure_pretrained
-from whisper_pipeline.errors import PipelineError, exit_on_user_error
+from whisper_pipeline.errors import ConfigError, PipelineError, exit_on_user_error
 from whisper_pipeline.inference.preannotate import score_predictions
 from whisper_pipeline.prepare.annotations import AnnotationSettings, RegionKind, load_export, parse_export
 from whisper_pipeline.testing.local_s3 import LocalS3Server
@@ -92,6 +94,17 @@ class DemoArguments:
         metadata={"help": "Each long recording lasts at least this (over 30 s: several windows)."},
     )
 
+    def validate(self) -> None:
+        """Counts the steps need at least one of: said before minutes of synthesis and training."""
+        counts = ("recordings", "utterances_per_recording", "heldout_sentences", "transcribe_clips",
+                  "long_recordings", "eval_max_new_tokens")  # fmt: skip
+        for name in counts:
+            if getattr(self, name) < 1:
+                flag = "--" + name.replace("_", "-")
+                raise ConfigError(f"{flag} must be at least 1, got {getattr(self, name)}")
+        if self.long_seconds <= 0:
+            raise ConfigError(f"--long-seconds must be positive, got {self.long_seconds}")
+
 
 def _run(command: Sequence[str], env: dict[str, str]) -> None:
     """A stage as a subprocess, its output streaming to the console; a failure stops the demo."""
@@ -101,7 +114,8 @@ def _run(command: Sequence[str], env: dict[str, str]) -> None:
 
 
 def run_demo(args: DemoArguments) -> dict[str, Any]:
-    """All five steps; returns the figures the summary prints (also saved as demo_summary.json)."""
+    """Every step; returns the figures the summary prints (also saved as demo_summary.json)."""
+    args.validate()
     workdir = Path(args.workdir).resolve()
     cache_dir, outputs = workdir / "processed_data", workdir / "outputs"
     model_dir = Path(args.model).resolve()

@@ -131,6 +131,8 @@ class EvaluateArguments(AnnotationSource, LongFormArguments):
     )
 
     def validate(self) -> None:
+        if self.project is not None and self.annotations:
+            raise ConfigError(f"--project and --annotations {self.annotations} name two exports: give one")
         if self.split not in SPLITS:
             raise ConfigError(f"--split must be one of {', '.join(SPLITS)}, got {self.split!r}")
         if self.batch_size < 1 or self.max_new_tokens < 1:
@@ -284,6 +286,7 @@ def run_evaluation(args: EvaluateArguments, environ: Mapping[str, str] | None = 
                 model,
                 utterances.recordings,
                 tokenizer=tokenizer,
+                language=utterances.language,
                 task=utterances.task,
                 max_new_tokens=args.long_form_max_new_tokens,
                 label=name,
@@ -333,19 +336,22 @@ def _ctranslate2(
     features, so each recording is read and decoded again; its utterances are cut from it as prepare cut
     them, and the long-form ones transcribed whole."""
     options = TranscribeArguments(
-        model=args.ctranslate2, task=utterances.task, max_new_tokens=args.long_form_max_new_tokens
+        model=args.ctranslate2, task=utterances.task, max_new_tokens=args.max_new_tokens
     )
     transcribe = ctranslate2_transcriber(Path(args.ctranslate2), options, utterances.language)
+    clips_by_uri: dict[str, list[int]] = {}
+    for i, source in enumerate(utterances.sources):
+        clips_by_uri.setdefault(source["audio_uri"], []).append(i)
+    whole_uris = {recording.uri for recording in recordings}
     texts: dict[int, str] = {}
     whole: dict[str, list[Span]] = {}
     reading = read_audio(audio.uris, audio.refs, audio.access)
     for uri, samples in tqdm(reading, total=len(audio.uris), desc="ctranslate2", unit="file"):
-        for i, source in enumerate(utterances.sources):
-            if source["audio_uri"] == uri:
-                clip = cut(samples, source["start"], source["end"])
-                texts[i] = transcribe([(uri, clip)])[0].text
-        if any(recording.uri == uri for recording in recordings):
-            (transcript,) = transcribe([(uri, samples)])
+        for i in clips_by_uri.get(uri, []):
+            source = utterances.sources[i]
+            texts[i] = transcribe([(uri, cut(samples, source["start"], source["end"]))])[0].text
+        if uri in whole_uris:
+            (transcript,) = transcribe([(uri, samples)], max_new_tokens=args.long_form_max_new_tokens)
             whole[uri] = [Span(s.start, s.end, s.text) for s in transcript.segments]
     return [texts[i] for i in range(len(utterances.sources))], [whole[r.uri] for r in recordings]
 

@@ -103,6 +103,7 @@ def generate_segments(
     attention_mask: torch.Tensor,
     *,
     tokenizer,
+    language: str | None,
     task: str,
     num_beams: int = 1,
     prompt_ids: torch.Tensor | None = None,
@@ -127,6 +128,7 @@ def generate_segments(
         generated = model.generate(
             input_features,
             attention_mask=attention_mask,
+            language=language,  # None: detected per input
             task=task,
             num_beams=num_beams,
             return_timestamps=True,
@@ -192,7 +194,14 @@ def cached_recordings(rows: datasets.Dataset) -> list[LongRecording]:
 
 
 def transcribe_cached(
-    model, rows: datasets.Dataset, *, tokenizer, task: str, max_new_tokens: int | None, label: str
+    model,
+    rows: datasets.Dataset,
+    *,
+    tokenizer,
+    language: str,
+    task: str,
+    max_new_tokens: int | None,
+    label: str,
 ) -> list[list[Span]]:
     """Each WHOLE_RECORDING row transcribed from its cached log-mel, as `transcribe` would transcribe the
     recording's audio with this model (one at a time: no padding between recordings). `max_new_tokens`:
@@ -215,6 +224,7 @@ def transcribe_cached(
             torch.from_numpy(features)[None].to(device=device, dtype=dtype),
             torch.from_numpy(mask)[None].to(device),
             tokenizer=tokenizer,
+            language=language,
             task=task,
         )
         outputs.append(within_recording(segments, row["end"]))
@@ -292,7 +302,7 @@ def has_loop(text: str) -> bool:
 
 
 def score_adapter_and_base(
-    model, rows: datasets.Dataset, *, tokenizer, task: str, max_new_tokens: int | None
+    model, rows: datasets.Dataset, *, tokenizer, language: str, task: str, max_new_tokens: int | None
 ) -> dict[str, dict[str, Any]] | None:
     """A PEFT model's long-form scores on the WHOLE_RECORDING rows of `rows`, beside those of its base (the
     adapter disabled); None when there are none. The end of training's view of what users deploy."""
@@ -302,7 +312,7 @@ def score_adapter_and_base(
     if not len(whole):
         return None
     recordings = cached_recordings(whole)
-    options = {"tokenizer": tokenizer, "task": task, "max_new_tokens": max_new_tokens}
+    options = {"tokenizer": tokenizer, "language": language, "task": task, "max_new_tokens": max_new_tokens}
     model.eval()
     with model.disable_adapter():
         base = transcribe_cached(model, whole, **options, label="base")

@@ -269,7 +269,10 @@ def ctranslate2_transcriber(model_dir: Path, args: TranscribeArguments, language
     if language is not None and language not in model.supported_languages:
         raise ConfigError(f"--language {language!r} is not a language of this model")
 
-    def transcribe(batch: list[tuple[str, np.ndarray]]) -> list[Transcript]:
+    def transcribe(
+        batch: list[tuple[str, np.ndarray]], max_new_tokens: int | None = args.max_new_tokens
+    ) -> list[Transcript]:
+        """`max_new_tokens`: of each window's text (evaluate caps utterances and whole recordings apart)."""
         transcripts = []
         for uri, samples in batch:
             options = {
@@ -278,7 +281,7 @@ def ctranslate2_transcriber(model_dir: Path, args: TranscribeArguments, language
                 "beam_size": args.beam_size,
                 "initial_prompt": args.initial_prompt,
                 "word_timestamps": args.word_timestamps,
-                "max_new_tokens": args.max_new_tokens,
+                "max_new_tokens": max_new_tokens,
             }
             decoding = {**FASTER_WHISPER_DECODING, "vad_filter": args.vad_filter}
             ctranslate2.set_random_seed(FALLBACK_SEED)
@@ -344,6 +347,7 @@ def transformers_transcriber(
         inputs = (features.input_features.to(device=device, dtype=dtype), features.attention_mask.to(device))
         options = {
             "tokenizer": tokenizer,
+            "language": language,
             "task": args.task,
             "num_beams": args.beam_size,
             "prompt_ids": prompt_ids,

@@ -418,7 +418,7 @@ def resolve_controls(
         found_in[attribute] = where if candidates else "none found"
     if chosen["text_from_name"] is None:
         raise AnnotationError(
-            f"no TextArea control (the transcription) in the {found_in['text_from_name'].split()[-1]}"
+            f"no TextArea control (the transcription) in the {'label config' if label_config else 'export'}"
             f"{'' if label_config else ' (the export holds no transcription)'}; its controls: "
             f"{_listed(used.results) if used.results else 'none'}; set --text-from-name"
         )

@@ -168,12 +168,15 @@ LABELLING_FIELDS = ("label_config", "text_from_name", "label_from_name", "audio_
 AUDIO_SOURCE_FIELDS = ("local_files_root", "upload_root", "allowed_buckets", "allowed_hosts")
 
 
+DEFAULT_ANNOTATIONS = "annotations.json"
+
+
 @dataclass
 class PrepareArguments(AnnotationSource):
     """Settings of prepare_data.py (flags, or keys of a YAML/JSON config file)."""
 
     annotations: str = field(
-        default="annotations.json",
+        default=DEFAULT_ANNOTATIONS,
         metadata={"help": "Label Studio full JSON export: a local path or s3://bucket/key.json"},
     )
     output_dir: str = field(default="processed_data", metadata={"help": "Where the feature cache goes."})
@@ -211,6 +214,8 @@ class PrepareArguments(AnnotationSource):
     force: bool = field(default=False, metadata={"help": "Rebuild even when the cache is current."})
 
     def validate(self) -> None:
+        if self.project is not None and self.annotations != DEFAULT_ANNOTATIONS:
+            raise ConfigError(f"--project and --annotations {self.annotations} name two exports: give one")
         if not 0 <= self.val_fraction <= 1:
             raise ConfigError(f"--val-fraction must be in [0, 1], got {self.val_fraction}")
         if self.augment_copies < 0:
@@ -335,6 +340,7 @@ def run_prepare(
                 "augmentation": asdict(augmentation),
                 "annotation": asdict(inputs.controls.settings),
                 "max_window_seconds": args.max_window_seconds,
+                "max_window_regions": args.max_window_regions,
                 "noise_examples": args.noise_examples,
                 "processor": processor,
             }

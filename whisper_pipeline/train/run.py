@@ -224,6 +224,7 @@ def run_training(
             trainer.model,
             cache.validation,
             tokenizer=processor.tokenizer,
+            language=language,
             task=task,
             max_new_tokens=data_args.long_form_max_new_tokens,
         )
