@@ -45,6 +45,7 @@ from whisper_pipeline.errors import ConfigError, PipelineError, exit_on_user_err
 from whisper_pipeline.inference.preannotate import score_predictions
 from whisper_pipeline.prepare.annotations import AnnotationSettings, RegionKind, load_export, parse_export
 from whisper_pipeline.testing.local_s3 import LocalS3Server
+from whisper_pipeline.train.metrics import percent
 from whisper_pipeline.train.outputs import ADAPTER_DIR, METRICS_FILE
 from whisper_pipeline.writable import check_writable
 
@@ -356,10 +357,6 @@ def format_summary(summary: dict[str, Any]) -> str:
 
 def long_form_rows(summary: dict[str, Any]) -> list[str]:
     """model | short-form WER | long-form WER | deletions | coverage | timestamp error | noise words."""
-
-    def percent(value: float | None) -> str:
-        return "  n/a" if value is None else f"{100 * value:5.1f}%"
-
     short = {"base": summary["heldout"]["base"], "merged": summary["heldout"].get("adapter")}
     long_form = summary["long_form"]
     models = {
@@ -385,7 +382,7 @@ def preannotation_rows(scores: dict[str, dict[str, Any]]) -> list[str]:
     """model | WER of the predictions | boundary error | words the annotator no longer types."""
     rows = ["model        WER     boundary error  words saved"]
     for name, model in scores.items():
-        wer = "  n/a" if model["wer"] is None else f"{100 * model['wer']:5.1f}%"
+        wer = percent(model["wer"])
         error = "n/a" if model["boundary_error"] is None else f"{model['boundary_error']:.2f} s"
         share = model["words_saved"] / max(model["reference_words"], 1)
         rows.append(

@@ -69,7 +69,7 @@ from whisper_pipeline.prepare.run import (
 )
 from whisper_pipeline.prepare.sources import AudioAccess, AudioRef
 from whisper_pipeline.train.batches import CacheRows, feature_batch, model_inputs
-from whisper_pipeline.train.metrics import SCORES, normalize_for_scoring, score, utterance_wers
+from whisper_pipeline.train.metrics import SCORES, normalize_for_scoring, percent, score, utterance_wers
 from whisper_pipeline.train.modeling import (
     PRECISIONS,
     TORCH_DTYPES,
@@ -467,10 +467,6 @@ def _write(
 
 def format_long_form_table(long_form: dict[str, Any]) -> str:
     """Whole recordings, one row per model: what users deploy (see longform.py)."""
-
-    def percent(value: float | None) -> str:
-        return "n/a" if value is None else f"{100 * value:.1f}%"
-
     lines = [
         "| model (long-form) | WER | normalized WER | deletions | coverage | timestamp error | noise words "
         "| loops |",

@@ -22,7 +22,7 @@ from urllib.parse import urlparse
 
 import jiwer
 
-from whisper_pipeline.train.metrics import normalize_for_scoring
+from whisper_pipeline.train.metrics import normalize_for_scoring, percent
 
 REPORT_FILE = "report.html"
 WORST = 10  # validation utterances listed
@@ -86,8 +86,8 @@ def _summary(metrics: Mapping[str, Any], settings: Mapping[str, Any] | None) -> 
     baseline, best = metrics.get("baseline") or {}, metrics.get("best") or {}
     train = metrics.get("train", {})
     rows = [
-        ("baseline WER", _percent(baseline.get("wer"))),
-        (f"best WER (step {best.get('step')})", _percent(best.get("wer"))),
+        ("baseline WER", percent(baseline.get("wer"))),
+        (f"best WER (step {best.get('step')})", percent(best.get("wer"))),
         ("steps", str(train.get("global_step"))),
         ("model", str(((settings or {}).get("arguments") or {}).get("model", "?"))),
     ]
@@ -199,7 +199,7 @@ def _worst_table(worst: Sequence[Mapping[str, Any]]) -> str:
         rows.append(
             f"<tr><td><code>{html.escape(str(item.get('segment_id')))}</code></td>"
             f"<td>{audio_player(str(item.get('audio_uri')), item.get('start', 0), item.get('end', 0))}</td>"
-            f"<td>{_percent(item.get('normalized_wer'))}</td>"
+            f"<td>{percent(item.get('normalized_wer'))}</td>"
             f"<td>{word_diff(item.get('reference', ''), item.get('hypothesis', ''))}</td></tr>"
         )
     rows.append("</table>")
@@ -221,7 +221,3 @@ def _settings_table(settings: Mapping[str, Any] | None) -> str:
         + "".join(rows)
         + "</table></details>"
     )
-
-
-def _percent(value: float | None) -> str:
-    return "n/a" if value is None or not math.isfinite(value) else f"{100 * value:.1f}%"
