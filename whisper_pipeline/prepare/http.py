@@ -1,10 +1,12 @@
 """Audio (and Label Studio's API) over http(s): fetched like S3 objects.
 
-Streamed with a size bound, retried with backoff on 5xx, resets, timeouts and bodies cut short; the same
-private CA bundle (AWS_CA_BUNDLE) and timeouts as S3. A URL is identified without its content by its
-ETag / Last-Modified and size (a ranged GET of one byte: presigned URLs are signed for GET, not HEAD).
-Query strings (presigned signatures, tokens) and credentials never appear in a message: every URL shown
-goes through `redact`. One urllib3 pool manager per process (thread-safe).
+Streamed with a size bound, retried with backoff on 5xx, resets, timeouts and bodies cut short (a POST
+only when the server certainly did not act on it); the same private CA bundle (AWS_CA_BUNDLE) and timeouts
+as S3. A GET follows a few redirects, each within --allowed-hosts; any other 3xx is an error naming where it
+points. A URL is identified without its content by its ETag / Last-Modified and size (a ranged GET of one
+byte: presigned URLs are signed for GET, not HEAD). Query strings (presigned signatures, tokens) and
+credentials never appear in a message: every URL shown goes through `redact`. One urllib3 pool manager per
+process (thread-safe).
 
 Label Studio's key goes to its server only: a legacy key as `Authorization: Token KEY`; a personal access
 token (a JWT refresh token, what Label Studio 1.23 gives new users) is exchanged at its
@@ -24,11 +26,12 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit
 
 from whisper_pipeline.errors import ConfigError
 
 ATTEMPTS = 5  # requests of one URL before giving up
+MAX_REDIRECTS = 5  # followed by one GET
 BACKOFF_S = 0.2  # first wait between attempts, doubled each time
 MAX_AUDIO_BYTES = 2 * 2**30  # one recording's size bound (HTTP_MAX_AUDIO_BYTES overrides)
 MAX_API_BYTES = 2**20  # an access token's answer
@@ -103,11 +106,21 @@ def origin(url: str) -> str:
 
 
 class HttpError(Exception):
-    """A URL that cannot be fetched: `reason` as AudioSourceError's, `transient` when a rerun may work."""
+    """A URL that cannot be fetched: `reason` as AudioSourceError's, `transient` when a rerun may work,
+    `unprocessed` when the server certainly did not act on the request (so that even a POST may be sent
+    again)."""
 
-    def __init__(self, reason: str, message: str, *, transient: bool = False, status: int = 0) -> None:
+    def __init__(
+        self,
+        reason: str,
+        message: str,
+        *,
+        transient: bool = False,
+        status: int = 0,
+        unprocessed: bool = False,
+    ) -> None:
         super().__init__(message)
-        self.reason, self.transient, self.status = reason, transient, status
+        self.reason, self.transient, self.status, self.unprocessed = reason, transient, status, unprocessed
 
 
 @dataclass(frozen=True)
@@ -142,7 +155,7 @@ class HttpAccess:
                     timeout=urllib3.Timeout(
                         connect=self.settings.connect_timeout, read=self.settings.read_timeout
                     ),
-                    retries=False,  # retried here, body included
+                    retries=False,  # retried (and redirects followed) here, body included
                 )
             return self._manager
 
@@ -181,7 +194,7 @@ class HttpAccess:
             response = self._send(url, {"Content-Type": "application/json"}, method="POST", body=payload)
             return self._read(url, _checked(url, response), MAX_API_BYTES)
 
-        try:
+        try:  # (an exchange changes nothing on the server: retried as a GET is)
             access = json.loads(self._retried(url, once)).get("access")
         except (ValueError, AttributeError):
             access = None
@@ -195,14 +208,15 @@ class HttpAccess:
         return self._retried(url, lambda: self._get_once(url, headers, limit))
 
     def post_json(self, url: str, body: object) -> bytes:
-        """A JSON POST's answer (Label Studio's API), retried like a GET."""
+        """A JSON POST's answer (Label Studio's API), sent again only when the server certainly did not
+        act on it: a POST answered late or with a 500 may have been done (predictions imported twice)."""
         payload = json.dumps(body).encode()
         headers = {"Content-Type": "application/json"}
 
         def once() -> bytes:
             return self._read(url, self._request(url, headers, method="POST", body=payload), MAX_AUDIO_BYTES)
 
-        return self._retried(url, once)
+        return self._retried(url, once, idempotent=False)
 
     def delete(self, url: str) -> None:
         """A DELETE (Label Studio's API), retried like a GET; a 404 (gone already) is no error."""
@@ -221,7 +235,7 @@ class HttpAccess:
         range and names no validator has its body hashed instead."""
         return self._retried(url, lambda: self._info_once(url))
 
-    def _retried(self, url: str, call):
+    def _retried(self, url: str, call, *, idempotent: bool = True):
         self.check_host(url)
         last: HttpError | None = None
         for attempt in range(ATTEMPTS):
@@ -234,6 +248,9 @@ class HttpAccess:
             except HttpError as error:
                 if not error.transient:
                     raise
+                if not idempotent and not error.unprocessed:
+                    message = f"{error} (not sent again: the server may have acted on it)"
+                    raise HttpError(error.reason, message, transient=True, status=error.status) from None
                 last = error
         assert last is not None
         raise HttpError(
@@ -243,7 +260,25 @@ class HttpAccess:
     def _request(
         self, url: str, headers: Mapping[str, str] | None, *, method: str = "GET", body: bytes | None = None
     ):
-        """A response with a status under 400, authorized for the Label Studio server."""
+        """A response with a status under 300; a GET follows redirects, each checked against
+        --allowed-hosts and authorized anew (the key goes to the Label Studio server only)."""
+        target = url
+        for _ in range(MAX_REDIRECTS + 1):
+            response = self._authorized(target, headers, method=method, body=body)
+            location = response.get_redirect_location()
+            if method != "GET" or not location:  # a write is not sent on: _checked names where to
+                return _checked(url, response)
+            _discard(response)
+            target = urljoin(target, location)
+            try:
+                self.check_host(target)
+            except HttpError as error:
+                raise HttpError(error.reason, f"{redact(url)} redirects to {error}") from None
+        raise HttpError("download_failed", f"{redact(url)}: more than {MAX_REDIRECTS} redirects")
+
+    def _authorized(self, url: str, headers: Mapping[str, str] | None, *, method: str, body: bytes | None):
+        """One request authorized for the Label Studio server, sent again once if its access token
+        expired."""
         authorized = self.headers(url, headers)
         response = self._send(url, authorized, method=method, body=body)
         used = authorized.get("Authorization", "")
@@ -251,7 +286,7 @@ class HttpAccess:
             _discard(response)
             authorized["Authorization"] = f"Bearer {self._access(stale=used.removeprefix('Bearer '))}"
             response = self._send(url, authorized, method=method, body=body)
-        return _checked(url, response)
+        return response
 
     def _send(self, url: str, headers: Mapping[str, str], *, method: str = "GET", body: bytes | None = None):
         """One request as it is, a network failure as a (transient) HttpError."""
@@ -259,8 +294,12 @@ class HttpAccess:
 
         try:
             response = self.manager().request(
-                method, url, body=body, headers=headers, preload_content=False, redirect=True
+                method, url, body=body, headers=headers, preload_content=False, redirect=False
             )
+        except urllib3.exceptions.ConnectTimeoutError as error:  # (NewConnectionError too): nothing sent
+            raise HttpError(
+                "download_failed", f"{redact(url)}: {type(error).__name__}", transient=True, unprocessed=True
+            ) from None
         except urllib3.exceptions.SSLError:
             raise HttpError(
                 "download_failed",
@@ -312,21 +351,30 @@ class HttpAccess:
             if validator and length is not None:
                 return UrlInfo(int(length), validator)
         finally:
-            response.drain_conn()
-            response.release_conn()
+            if response.status == 206:  # one byte: read, and the connection kept
+                response.drain_conn()
+                response.release_conn()
+            else:  # the whole file, the range ignored: not read
+                _discard(response)
         data = self._get_once(url, None, self.settings.max_bytes)
         return UrlInfo(len(data), "sha256:" + hashlib.sha256(data).hexdigest())
 
 
 def _discard(response) -> None:
-    response.drain_conn()
+    """Closed unread: an error page, a redirect's or a whole file's body may be any size, and reading it
+    only to keep the connection is not worth it."""
+    response.close()
     response.release_conn()
 
 
 def _checked(url: str, response):
-    """The response, or the HttpError its status of 400 or more is."""
-    if response.status >= 400:
+    """The response, or the HttpError its status of 300 or more is (a redirect named by where it goes)."""
+    if response.status >= 300:
         _discard(response)
+        location = response.headers.get("Location")
+        if 300 <= response.status < 400 and location:
+            message = f"{redact(url)}: redirected ({response.status}) to {redact(urljoin(url, location))}"
+            raise HttpError("download_failed", message, status=response.status)
         raise _status_error(url, response.status)
     return response
 
@@ -337,4 +385,6 @@ def _status_error(url: str, status: int) -> HttpError:
     if status in (401, 403):
         return HttpError("access_denied", f"{redact(url)}: access denied ({status})", status=status)
     transient = status >= 500 or status == 429
-    return HttpError("download_failed", f"{redact(url)}: HTTP {status}", transient=transient, status=status)
+    unprocessed = status in (429, 503)  # rate-limited or unavailable: refused before any work
+    message = f"{redact(url)}: HTTP {status}"
+    return HttpError("download_failed", message, transient=transient, status=status, unprocessed=unprocessed)
