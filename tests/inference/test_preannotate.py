@@ -201,10 +201,12 @@ def test_user_mistakes_are_one_line_errors(capsys, tmp_path):
     assert main(["--annotations", "x.json"]) == 2
     assert main(["--annotations", str(tmp_path / "none.json"), "--output", str(tmp_path / "o.json"),
                  "--model", str(tmp_path)]) == 2  # fmt: skip
+    assert main(["--project", "1", "--output", "p.json", "--model", str(tmp_path)]) == 2
     errors = capsys.readouterr().err.splitlines()
     assert errors[0].startswith("error: give --project")
     assert errors[1] == "error: --annotations writes its predictions to --output FILE: give one"
     assert errors[2].startswith("error: ") and "none of" in errors[2]
+    assert errors[3] == "error: --output is where --dry-run writes: with --project, predictions are posted"
 
 
 # --- with a real Label Studio server -----------------------------------------------------------------

@@ -140,7 +140,7 @@ class EvaluateArguments(AnnotationSource, LongFormArguments):
         if self.adapter:  # before the base model is evaluated, not after
             check_adapter_files(Path(self.adapter))
         check_writable(self.output_dir, "--output-dir")
-        if self.annotations and self.eval_cache_dir:
+        if (self.annotations or self.project is not None) and self.eval_cache_dir:
             check_writable(self.eval_cache_dir, "--eval-cache-dir")
         if self.ctranslate2 and not is_ctranslate2(Path(self.ctranslate2)):  # before any model runs
             raise ModelError(

@@ -83,6 +83,7 @@ from whisper_pipeline.prepare.run import (
     SERVER_FIELDS,
     AnnotationSource,
     read_annotations,
+    read_label_config_xml,
 )
 from whisper_pipeline.prepare.sources import AudioAccess, AudioSourceError, load_env_file
 from whisper_pipeline.prepare.windows import Utterance
@@ -156,6 +157,8 @@ class PreannotateArguments(AnnotationSource):
             raise ConfigError(f"{flag} writes its predictions to --output FILE: give one")
         if self.annotations and (self.replace or self.dry_run):
             raise ConfigError("--replace and --dry-run are for a server's --project")
+        if self.project is not None and self.output and not self.dry_run:
+            raise ConfigError("--output is where --dry-run writes: with --project, predictions are posted")
         if self.batch_size < 1 or (self.limit is not None and self.limit < 0):
             raise ConfigError("--batch-size must be positive and --limit not negative")
 
@@ -519,7 +522,7 @@ def _read_tasks(
     args: PreannotateArguments, session: _Session
 ) -> tuple[list[Any], str | None, dict[Any, list[dict[str, Any]]], str]:
     """The tasks, the labelling config (if known), each task's predictions, and where predictions go."""
-    xml = _read_text(args.label_config, "--label-config") if args.label_config else None
+    xml = read_label_config_xml(args.label_config) if args.label_config else None
     existing: dict[Any, list[dict[str, Any]]] = {}
     if session.client is not None:
         client, project = session.client, args.project
@@ -535,13 +538,6 @@ def _read_tasks(
             if isinstance(prediction, dict):  # (older exports list only their ids)
                 existing.setdefault(task.get("id"), []).append(prediction)
     return document, xml, existing, str(args.output)
-
-
-def _read_text(location: str, flag: str) -> str:
-    try:
-        return Path(location).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise ConfigError(f"cannot read {flag} {location}: {error}") from None
 
 
 def _audio_of(task: Mapping[str, Any], audio_key: str) -> Any:

@@ -371,14 +371,6 @@ class ResolvedControls:
     settings: AnnotationSettings
     found_in: Mapping[str, str]
 
-    def describe(self) -> str:
-        names = self.settings
-        label = f'"{names.label_from_name}"' if names.label_from_name else "none"
-        return (
-            f'text "{names.text_from_name}" ({self.found_in["text_from_name"]}), labels {label} '
-            f"({self.found_in['label_from_name']}), audio ${names.audio_key} ({self.found_in['audio_key']})"
-        )
-
 
 def resolve_controls(
     document: list[Any],

@@ -445,13 +445,16 @@ def parse_annotations(
     return controls, parse_export(document, controls.settings)
 
 
-def read_label_config(location: str) -> LabelConfig:
-    path = Path(location)
+def read_label_config_xml(location: str) -> str:
+    """The --label-config file's text, or one line saying why it cannot be read."""
     try:
-        xml = path.read_text(encoding="utf-8")
+        return Path(location).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
         raise ConfigError(f"cannot read --label-config {location}: {error}") from None
-    return parse_label_config(xml, source=f"--label-config {location}")
+
+
+def read_label_config(location: str) -> LabelConfig:
+    return parse_label_config(read_label_config_xml(location), source=f"--label-config {location}")
 
 
 def _scan_ahead(
