@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.fixtures.checkout import copy_checkout
+
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE_ENV = {
     "MIG_DEVICE_UUID": "MIG-4f9c2a1e-0000-5000-8000-000000000001",
@@ -52,10 +54,7 @@ def test_dockerfile_runs_as_non_root_and_copies_no_secrets():
 
 
 def _compose(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
-    project = tmp_path / "project"
-    shutil.copytree(
-        REPO, project, ignore=shutil.ignore_patterns(".venv", ".git", "model", "outputs", "demo_data")
-    )
+    project = copy_checkout(tmp_path / "project")
     (project / ".env").write_text("".join(f"{key}={value}\n" for key, value in env.items()))
     return subprocess.run(
         [_tool("docker-compose"), "config"], cwd=project, capture_output=True, text=True, timeout=60

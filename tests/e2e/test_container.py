@@ -23,6 +23,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.fixtures.checkout import copy_checkout
+
 # Building the image on the vfs storage driver takes minutes per layer: past the suite's 600 s timeout.
 pytestmark = [pytest.mark.e2e, pytest.mark.container, pytest.mark.timeout(3600)]
 
@@ -31,9 +33,6 @@ BASE_IMAGE = "whisper-pipeline-base:bookworm"
 IMAGE_TAG = "container-test"
 PROJECT = "wpcontainertest"
 STEPS_AFTER_RESUME = 3
-COPY_IGNORE = shutil.ignore_patterns(
-    ".venv", ".git", "model", "outputs", "processed_data", "demo_data", "__pycache__", ".*_cache", "*.whl"
-)
 
 
 def _run(command: list[str], **kwargs) -> subprocess.CompletedProcess:
@@ -112,7 +111,7 @@ def deployment(tmp_path_factory, tiny_model_dir, staged_corpus, s3_tls_server):
     assert _run(["docker", "info"]).returncode == 0, "no Docker engine: dockerd --storage-driver vfs &"
     ensure_base_image()
     root = tmp_path_factory.mktemp("clone") / "whisper-pipeline"
-    shutil.copytree(REPO, root, ignore=COPY_IGNORE)
+    copy_checkout(root)
     os.link(_local_torch_wheel(), root / "build-extras" / _local_torch_wheel().name)
     ca_bundle = ssl.get_default_verify_paths().cafile or "/etc/ssl/certs/ca-certificates.crt"
     shutil.copy(ca_bundle, root / "build-extras" / "ca-bundle.crt")  # pip's trust behind this TLS proxy

@@ -28,6 +28,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.fixtures.cache import cache_digest, prepare_arguments, prepare_command
+from tests.fixtures.checkout import copy_checkout
 from tests.fixtures.disk import read_only
 from tests.fixtures.processes import kill_in_phase
 from whisper_pipeline.cache import open_cache
@@ -292,8 +293,7 @@ def _docker_context(root: Path) -> set[str]:
 
 
 def test_dockerignore_keeps_env_files_and_credentials_out_of_the_build_context(tmp_path):
-    project = tmp_path / "project"
-    shutil.copytree(REPO, project, ignore=shutil.ignore_patterns(".venv", ".git", "model", "demo_data"))
+    project = copy_checkout(tmp_path / "project")
     secrets = [".env", ".env.production", "certs/ca.pem", "certs/client.key", ".aws/credentials", "outputs/x"]
     for name in secrets:
         (project / name).parent.mkdir(parents=True, exist_ok=True)
