@@ -46,6 +46,14 @@ def test_words_on_noise_only_recordings_and_loops_are_counted():
     assert has_loop("a b c a b c a b c") and not has_loop("a b c a b c d")
 
 
+def test_a_phrase_the_reference_repeats_as_often_is_not_a_loop():
+    said = "cảm ơn các bạn. vâng, cảm ơn các bạn. và cảm ơn các bạn nhiều"
+    assert not has_loop(said, said)
+    assert has_loop(said + " cảm ơn các bạn", said)  # once more than said: the decoder's own repetition
+    chorus = recording((1.0, 9.0, said))
+    assert score_long_form([chorus], [[Span(1.0, 9.0, said)]])["loops"] == 0
+
+
 def test_long_form_is_over_one_window_or_several_utterances_or_noise_only():
     assert SPEECH.long_form
     assert recording((0.0, 1.0, "một"), (2.0, 3.0, "hai"), seconds=5.0).long_form

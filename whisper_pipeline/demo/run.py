@@ -39,7 +39,7 @@ from typing import Any
 
 from whisper_pipeline.cli import CONFIG_NOTE, PipelineArgumentParser, as_typed
 from whisper_pipeline.config import parse_config
-from whisper_pipeline.demo.corpus import BUCKET, build_corpus
+from whisper_pipeline.demo.corpus import BUCKET, Corpus, build_corpus
 from whisper_pipeline.demo.pretrained import ensure_pretrained
 from whisper_pipeline.errors import ConfigError, PipelineError, exit_on_user_error
 from whisper_pipeline.inference.preannotate import score_predictions
@@ -114,6 +114,19 @@ def _run(command: Sequence[str], env: dict[str, str]) -> None:
         raise PipelineError(f"`{' '.join(command[:3])} ...` failed with exit code {status} (see above)")
 
 
+@contextmanager
+def corpus_bucket(workdir: Path, corpus: Corpus) -> Iterator[dict[str, str]]:
+    """A local S3 server (TLS, private CA) holding the corpus's audio and exports, for as long as the block
+    runs; yields the environment the commands reach it with."""
+    with LocalS3Server(tls=True, workdir=workdir / "s3") as server:
+        server.create_bucket(BUCKET)
+        for path in corpus.audio:
+            server.upload_file(BUCKET, f"audio/{path.name}", path)
+        for export in (corpus.train_export, corpus.heldout_export, corpus.novel_export):
+            server.upload_file(BUCKET, f"exports/{export.name}", export)
+        yield {**os.environ, **server.env(BUCKET), "PYTHON": sys.executable}
+
+
 def run_demo(args: DemoArguments) -> dict[str, Any]:
     """Every step; returns the figures the summary prints (also saved as demo_summary.json)."""
     args.validate()
@@ -135,13 +148,8 @@ def run_demo(args: DemoArguments) -> dict[str, Any]:
     with step("corpus"):
         corpus = build_corpus(workdir / "corpus", args)
 
-    with LocalS3Server(tls=True, workdir=workdir / "s3") as server:
-        server.create_bucket(BUCKET)
-        for path in corpus.audio:
-            server.upload_file(BUCKET, f"audio/{path.name}", path)
-        for export in (corpus.train_export, corpus.heldout_export, corpus.novel_export):
-            server.upload_file(BUCKET, f"exports/{export.name}", export)
-        env = {**os.environ, **server.env(BUCKET), "PYTHON": sys.executable, "LOG_DIR": str(outputs / "logs")}
+    with corpus_bucket(workdir, corpus) as server_env:
+        env = {**server_env, "LOG_DIR": str(outputs / "logs")}
 
         with step("pipeline"):
             prepare_flags = {

@@ -11,7 +11,8 @@ timestamp, then drops speech or repeats itself. These scores show it:
 - timing error: the mean absolute difference between an utterance's start and end and those of the
   predicted segment that overlaps it most;
 - hallucination: words written on noise-only recordings, and the share of transcripts with a loop (a word
-  3-gram three times or more).
+  3-gram three times or more, and more often than the recording's own transcript says it: long recordings
+  repeat phrases, and that is speech, not a loop).
 """
 
 from __future__ import annotations
@@ -265,11 +266,12 @@ def score_long_form(recordings: Sequence[LongRecording], outputs: Sequence[Seque
         scores["coverage"] = sum(_covered(u, segments) for u, segments in utterances) / len(utterances)
         errors = [error for u, segments in utterances if (error := _boundary_error(u, segments)) is not None]
         scores["timestamp_error"] = float(np.mean(errors)) if errors else None
-    all_texts = texts + [" ".join(segment.text for segment in segments) for segments in noise]
+    said = [(text, recording.reference) for (recording, _), text in zip(speech, texts, strict=True)]
+    said += [(" ".join(segment.text for segment in segments), "") for segments in noise]
     scores["noise_words"] = sum(
         len(normalize_for_scoring(s.text).split()) for segments in noise for s in segments
     )
-    scores["loops"] = sum(has_loop(text) for text in all_texts) / max(len(all_texts), 1)
+    scores["loops"] = sum(has_loop(text, reference) for text, reference in said) / max(len(said), 1)
     return scores
 
 
@@ -294,11 +296,16 @@ def _boundary_error(utterance: Utterance, segments: Sequence[Span]) -> float | N
     return (abs(best.start - utterance.start) + abs(best.end - utterance.end)) / 2
 
 
-def has_loop(text: str) -> bool:
-    """A word 3-gram written three times or more: the repetition long-form decoding falls into."""
+def has_loop(text: str, reference: str = "") -> bool:
+    """A word 3-gram written three times or more and more often than `reference` holds it: the repetition
+    long-form decoding falls into, not a phrase the speakers themselves repeat."""
+    written, said = _word_grams(text), _word_grams(reference)
+    return any(count >= LOOP_REPEATS and count > said[gram] for gram, count in written.items())
+
+
+def _word_grams(text: str) -> Counter[tuple[str, ...]]:
     words = normalize_for_scoring(text).split()
-    grams = Counter(tuple(words[i : i + LOOP_NGRAM]) for i in range(len(words) - LOOP_NGRAM + 1))
-    return any(count >= LOOP_REPEATS for count in grams.values())
+    return Counter(tuple(words[i : i + LOOP_NGRAM]) for i in range(len(words) - LOOP_NGRAM + 1))
 
 
 def score_adapter_and_base(

@@ -8,6 +8,7 @@ which unfrozen non-LoRA weights would silently be missing from the adapter: peft
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from collections.abc import Iterator, Sequence
@@ -173,6 +174,24 @@ def without_progress_bars() -> Iterator[None]:
     finally:
         if enabled:
             hf_logging.enable_progress_bar()
+
+
+# transformers 5.23 to 5.25 (generation_whisper.py, "See PR #48108"): Whisper's own generate passes
+# suppress_tokens and begin_suppress_tokens next to the generation_config it built, and generate() then calls
+# that deprecated, once per process, whatever the caller did (no argument of ours avoids it). Only that
+# exact notice is dropped.
+_UPSTREAM_SUPPRESS_NOTICE = re.compile(
+    r"Passing `generation_config` together with generation-related arguments="
+    r"\(\{'(begin_)?suppress_tokens', '(begin_)?suppress_tokens'\}\) is deprecated"
+)
+
+
+def _not_upstream_suppress_notice(record: logging.LogRecord) -> bool:
+    return not _UPSTREAM_SUPPRESS_NOTICE.match(record.getMessage())
+
+
+# every command that generates loads its model through this module
+logging.getLogger("transformers.generation.utils").addFilter(_not_upstream_suppress_notice)
 
 
 def configure_generation(model: WhisperForConditionalGeneration, *, language: str, task: str) -> None:
