@@ -13,8 +13,11 @@ demo: setup
 
 ## Lint, format check and the test suite: unit tests and the end-to-end runs (marked e2e: the demo, the
 ## scripts and commands in subprocesses, DDP, kill -9), not the slow ones. What CI runs (.ci/run).
+## TEST_WORKERS processes (pytest-xdist), each test file in one of them: the suite spends much of its time
+## waiting on the commands it runs and the servers it starts, so two halve it on two cores.
+TEST_WORKERS ?= 2
 test: setup lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --numprocesses $(TEST_WORKERS) --dist loadfile
 
 ## Lint, format check and the unit tests only (no e2e, no slow): under two minutes on 2 cores.
 test-fast: setup lint

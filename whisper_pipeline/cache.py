@@ -426,12 +426,11 @@ class PreparedCache:
         return self.report["fingerprint"]
 
 
-def clean_rows(rows: datasets.Dataset, limit: int | None = None, *, speech: bool = True) -> datasets.Dataset:
-    """The rows of the recorded audio itself (no augmented copy) that hold speech: what WER scores; with
-    `speech=False`, those of the no-speech windows instead (noise alone: what must stay untranscribed).
+def clean_rows(rows: datasets.Dataset, limit: int | None = None) -> datasets.Dataset:
+    """The rows of the recorded audio itself (no augmented copy) that hold speech: what WER scores.
     Selected in memory, so that the cache folder is never written to (and DDP processes never race on it)."""
     has_text = np.array([bool(text) for text in rows["text"]], dtype=bool)
-    chosen = np.flatnonzero((np.asarray(rows["augmentation"]) == 0) & (has_text == speech))[:limit]
+    chosen = np.flatnonzero((np.asarray(rows["augmentation"]) == 0) & has_text)[:limit]
     return rows.select(chosen, keep_in_memory=True)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from whisper_pipeline.inference.longform import LongRecording, Span, has_loop, score_long_form
+from whisper_pipeline.inference.longform import LongRecording, Span, clamp_time, has_loop, score_long_form
 from whisper_pipeline.prepare.windows import Utterance
 
 
@@ -84,3 +84,11 @@ def test_generation_is_in_the_language_asked_for_never_a_detected_one(tiny_model
                           language=language, task="transcribe")  # fmt: skip
         language_id = tokenizer.convert_tokens_to_ids(f"<|{language}|>")
         assert language_id in prompts[0][:3], prompts[0]
+
+
+def test_predicted_times_stay_within_the_recording_after_rounding():
+    assert (
+        clamp_time(3.0, 2.556) == 2.556
+        and clamp_time(-0.2, 2.556) == 0.0
+        and clamp_time(1.234, 2.556) == 1.23
+    )

@@ -23,6 +23,7 @@ from whisper_pipeline.inference.export import CTranslate2Arguments, to_ctranslat
 from whisper_pipeline.inference.preannotate import (
     ModelIdentity,
     PreannotateArguments,
+    PreannotateSummary,
     main,
     model_identity,
     prediction_shape,
@@ -190,7 +191,14 @@ def test_tasks_are_chosen_and_the_others_counted():
         [(4, ()), (6, ())],
         {"annotated": 1, "already_predicted": 1, "predicted_by_another_model": 1, "no_audio": 1},
     )
-    assert chosen(replace=True, limit=2)[0] == [(3, (30,)), (4, ())]
+    assert chosen(replace=True, limit=2) == (
+        [(3, (30,)), (4, ())],
+        {"annotated": 1, "already_predicted": 1, "no_audio": 1, "beyond_limit": 1},
+    )
+    told = PreannotateSummary("m", "project 1", {"predicted": 2, "beyond_limit": 1}).format()
+    assert told.endswith(
+        "\n  beyond_limit: tasks past --limit wait for the next run (a rerun goes on where this one stopped)"
+    )
     assert chosen(annotated=True, tasks=[1, 2])[0] == [(1, ())]
     with pytest.raises(ConfigError, match="no task 9 in the project"):
         chosen(tasks=[1, 9])

@@ -18,7 +18,7 @@ import pytest
 
 from tests.fixtures.training import train_adapter
 from whisper_pipeline.constants import SAMPLE_RATE
-from whisper_pipeline.inference.transcribe import main
+from whisper_pipeline.inference.transcribe import TranscribeArguments, _output_paths, main
 from whisper_pipeline.testing.http_files import HttpFileServer
 from whisper_pipeline.testing.synthetic import encode_audio
 
@@ -109,12 +109,13 @@ def test_hugging_face_model_transcribes_long_audio_from_s3_as_srt(
     assert all(matches), blocks
     assert [int(match[1]) for match in matches] == list(range(1, len(blocks) + 1))
 
-    def seconds(fields: tuple[str, ...]) -> float:
-        hours, minutes, secs, millis = map(int, fields)
-        return hours * 3600 + minutes * 60 + secs + millis / 1000
+    starts_ends = [(_srt_seconds(m.groups()[1:5]), _srt_seconds(m.groups()[5:9]), m[10]) for m in matches]
+    _check_covers(starts_ends, duration)
 
-    segments = [(seconds(match.groups()[1:5]), seconds(match.groups()[5:9]), match[10]) for match in matches]
-    _check_covers(segments, duration)
+
+def _srt_seconds(fields: tuple[str, ...]) -> float:
+    hours, minutes, secs, millis = map(int, fields)
+    return hours * 3600 + minutes * 60 + secs + millis / 1000
 
 
 @pytest.mark.e2e
@@ -122,21 +123,29 @@ def test_subtitles_of_several_files_go_one_per_input_and_never_end_past_the_audi
     ct2_base, long_recording, speech_clips, tmp_path
 ):
     """A short clip's last segment ends where its window would (30 s, or the end of the speech rounded up):
-    written, it ends within the file. VTT with faster-whisper's VAD; words with their own times in JSON."""
-    path, _ = long_recording
+    written, it ends within the file. VTT with faster-whisper's VAD and words with their own times in JSON,
+    on the short clip alone (the long recording's JSON is the test above's)."""
+    path, duration = long_recording
     short = speech_clips[2].paths["flac"]
-    stems = [path.stem, short.stem]
-    for fmt, extra in (("srt", []), ("vtt", ["--vad-filter"]), ("json", ["--word-timestamps"])):
+    runs = (
+        ("srt", [path, short], []),
+        ("vtt", [short], ["--vad-filter"]),
+        ("json", [short], ["--word-timestamps"]),
+    )
+    for fmt, inputs, extra in runs:
         out = tmp_path / fmt
-        result = transcribe(path, short, "--model", ct2_base, "--language", "en", "--format", fmt,
+        result = transcribe(*inputs, "--model", ct2_base, "--language", "en", "--format", fmt,
                             "--output-dir", out, *extra)  # fmt: skip
         assert result.returncode == 0, result.stderr[-2000:]
-        assert sorted(file.name for file in out.iterdir()) == sorted(f"{stem}.{fmt}" for stem in stems)
-    transcripts = [json.loads((tmp_path / "json" / f"{stem}.json").read_text())[0] for stem in stems]
-    for transcript in transcripts:
-        assert all(0 <= s["start"] <= s["end"] <= transcript["duration"] for s in transcript["segments"])
-        words = [word for segment in transcript["segments"] for word in segment["words"]]
-        assert words and all(w["start"] <= w["end"] for w in words)
+        assert sorted(file.name for file in out.iterdir()) == sorted(f"{p.stem}.{fmt}" for p in inputs)
+    for srt, seconds in ((path, duration), (short, speech_clips[2].duration)):
+        blocks = (tmp_path / "srt" / f"{srt.stem}.srt").read_text(encoding="utf-8").strip().split("\n\n")
+        ends = [_srt_seconds(SRT_BLOCK.fullmatch(block).groups()[5:9]) for block in blocks]
+        assert ends and max(ends) <= seconds + 0.001, (srt.name, ends, seconds)  # SRT: rounded ms
+    (transcript,) = json.loads((tmp_path / "json" / f"{short.stem}.json").read_text())
+    assert all(0 <= s["start"] <= s["end"] <= transcript["duration"] for s in transcript["segments"])
+    words = [word for segment in transcript["segments"] for word in segment["words"]]
+    assert words and all(w["start"] <= w["end"] for w in words)
     vtt = (tmp_path / "vtt" / f"{short.stem}.vtt").read_text(encoding="utf-8")
     assert vtt.startswith("WEBVTT\n\n1\n00:00:0") and " --> " in vtt and "," not in vtt.split("\n")[3]
 
@@ -237,3 +246,15 @@ def test_user_errors_end_in_one_line(arguments, message, tiny_model_dir, speech_
     assert main(arguments.format(**places).split()) == 2
     lines = capsys.readouterr().err.splitlines()  # (model loading may draw a progress bar first)
     assert lines[-1].startswith("error: ") and message.format(**places) in lines[-1]
+
+
+def test_output_dir_names_each_file_after_its_input(tmp_path):
+    uris = [
+        "s3://bucket/calls/first%20call.wav",
+        "https://files.example/audio/second%20call.mp3?X-Amz-Signature=s3cr3t",
+        "/data/local-files/?d=calls/third%20call.flac",
+        "http://ls.example:8080/data/local-files/?d=other/fourth.ogg",
+    ]
+    arguments = TranscribeArguments(format="srt", output_dir=str(tmp_path))
+    names = [path.name for path in _output_paths(uris, arguments)]
+    assert names == ["first%20call.srt", "second call.srt", "third call.srt", "fourth.srt"]

@@ -17,6 +17,7 @@ from whisper_pipeline.prepare.http import (
     origin,
     redact,
 )
+from whisper_pipeline.prepare.label_studio import LabelStudioClient, LabelStudioSettings
 from whisper_pipeline.testing.http_files import HttpFileServer
 
 BODY = bytes(range(256)) * 64
@@ -108,8 +109,11 @@ def test_a_post_or_delete_is_not_redirected_nor_sent_again_once_the_server_may_h
     url = f"{files.url}/a%20clip.wav"
     files.fail_next(1, "status", 503)
     files.fail_next(1, "stall")
-    with pytest.raises(HttpError, match="ReadTimeoutError"):
+    with pytest.raises(HttpError, match="ReadTimeoutError") as late:
         access.post_json(url, [{"task": 1}])
+    assert late.value.maybe_done
+    told = LabelStudioClient(LabelStudioSettings(files.url, "key"), access)._describe(late.value, 3)
+    assert "did not answer" in told and "whether it was done" in told and "cannot reach" not in told
     files.fail_next(1, "status", 500)
     with pytest.raises(HttpError, match="HTTP 500"):
         access.post_json(url, [{"task": 1}])

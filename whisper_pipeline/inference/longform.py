@@ -58,7 +58,9 @@ class LongFormArguments:
     )
     long_form_max_new_tokens: int | None = field(
         default=None,
-        metadata={"help": "Longest text of one 30 s window there (default: Whisper's limit)."},
+        metadata={
+            "help": "Most tokens written per 30 s window in long-form decoding (default: Whisper's 448)."
+        },
     )
 
 
@@ -243,8 +245,9 @@ def within_recording(segments: Sequence[Span], duration: float) -> list[Span]:
 
 def clamp_time(seconds: float, duration: float) -> float:
     """A predicted time within the recording: a model's last timestamp may name the end of its 30 s
-    window, past the end of a shorter file."""
-    return round(min(max(seconds, 0.0), duration), 2)
+    window, past the end of a shorter file. Rounded to Whisper's 0.02 s grid's hundredths first, so that
+    rounding never moves it past the end."""
+    return min(max(round(seconds, 2), 0.0), duration)
 
 
 def score_long_form(recordings: Sequence[LongRecording], outputs: Sequence[Sequence[Span]]) -> dict[str, Any]:

@@ -100,7 +100,14 @@ ANNOTATED, ALREADY_PREDICTED, OTHER_PREDICTION, NO_AUDIO = (
     "predicted_by_another_model",
     "no_audio",
 )
+BEYOND_LIMIT = "beyond_limit"
 PREDICTED, REPLACED = "predicted", "replaced"
+# what the summary suggests for a count of tasks left without this model's prediction
+HINTS = {
+    ANNOTATED: "annotated tasks are left alone (--annotated predicts them too, to score the model)",
+    OTHER_PREDICTION: "tasks predicted by another model keep theirs (--replace gives them this model's)",
+    BEYOND_LIMIT: "tasks past --limit wait for the next run (a rerun goes on where this one stopped)",
+}
 
 
 @dataclass
@@ -423,7 +430,7 @@ def select_tasks(
         elif not isinstance(audio, str) or not audio.strip():
             outcomes[NO_AUDIO] += 1
         elif args.limit is not None and len(work) >= args.limit:
-            continue
+            outcomes[BEYOND_LIMIT] += 1
         else:
             work.append(Work(task, tuple(p["id"] for p in predictions if isinstance(p.get("id"), int))))
     return work
@@ -441,7 +448,8 @@ class PreannotateSummary:
     def format(self) -> str:
         counts = ", ".join(f"{reason} {count}" for reason, count in sorted(self.outcomes.items()))
         counts = counts or "no tasks"
-        return f"pre-annotation by {self.model_version} -> {self.destination}: {counts}"
+        hints = [f"\n  {reason}: {HINTS[reason]}" for reason in sorted(self.outcomes) if reason in HINTS]
+        return f"pre-annotation by {self.model_version} -> {self.destination}: {counts}" + "".join(hints)
 
 
 @dataclass

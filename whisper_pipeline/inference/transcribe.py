@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from itertools import islice
 from pathlib import Path, PurePosixPath
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import numpy as np
 import torch
@@ -49,6 +49,7 @@ from whisper_pipeline.inference.longform import (
 from whisper_pipeline.prepare.audio import AudioDecodeError, decode_audio
 from whisper_pipeline.prepare.http import HttpAccess, redact
 from whisper_pipeline.prepare.sources import (
+    LOCAL_FILES_PREFIX,
     AudioAccess,
     AudioRef,
     AudioSourceError,
@@ -490,9 +491,13 @@ def _output_paths(uris: Sequence[str], args: TranscribeArguments) -> list[Path]:
 
 
 def _input_path(uri: str) -> PurePosixPath:
-    """The path an input names: a URL's decoded (`http%20clip.wav?X-Amz-...` -> `http clip.wav`)."""
+    """The path an input names: a URL's decoded (`http%20clip.wav?X-Amz-...` -> `http clip.wav`), a Label
+    Studio local file's from its query (`/data/local-files/?d=calls/a%20b.wav` -> `calls/a b.wav`)."""
+    parsed = urlsplit(uri)
+    if parsed.path.startswith(LOCAL_FILES_PREFIX):
+        return PurePosixPath((parse_qs(parsed.query).get("d") or [parsed.path])[0])
     if uri.startswith(("http://", "https://")):
-        return PurePosixPath(unquote(urlsplit(uri).path))
+        return PurePosixPath(unquote(parsed.path))
     return PurePosixPath(uri.split("?", 1)[0])
 
 

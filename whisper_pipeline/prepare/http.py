@@ -108,7 +108,7 @@ def origin(url: str) -> str:
 class HttpError(Exception):
     """A URL that cannot be fetched: `reason` as AudioSourceError's, `transient` when a rerun may work,
     `unprocessed` when the server certainly did not act on the request (so that even a POST may be sent
-    again)."""
+    again), `maybe_done` when a request not sent again may have been acted on."""
 
     def __init__(
         self,
@@ -118,9 +118,11 @@ class HttpError(Exception):
         transient: bool = False,
         status: int = 0,
         unprocessed: bool = False,
+        maybe_done: bool = False,
     ) -> None:
         super().__init__(message)
         self.reason, self.transient, self.status, self.unprocessed = reason, transient, status, unprocessed
+        self.maybe_done = maybe_done
 
 
 @dataclass(frozen=True)
@@ -250,7 +252,9 @@ class HttpAccess:
                     raise
                 if not idempotent and not error.unprocessed:
                     message = f"{error} (not sent again: the server may have acted on it)"
-                    raise HttpError(error.reason, message, transient=True, status=error.status) from None
+                    raise HttpError(
+                        error.reason, message, transient=True, status=error.status, maybe_done=True
+                    ) from None
                 last = error
         assert last is not None
         raise HttpError(

@@ -149,6 +149,11 @@ class LabelStudioClient:
             return f"{server}: the account of LABEL_STUDIO_API_KEY may not read project {project} (403)"
         if error.status == 404:
             return f"{server} has no project {project} (404): check --project"
+        if error.maybe_done:
+            return (
+                f"Label Studio at {server} did not answer ({error}): see in the project whether it was done "
+                "before running the command again"
+            )
         if error.status == 0 and error.transient:
             return f"cannot reach Label Studio at {server} ({error}): check --label-studio-url"
         return f"Label Studio at {server}: {error}"

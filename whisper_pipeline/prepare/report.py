@@ -133,8 +133,7 @@ def format_summary(summary: PrepareSummary) -> str:
     lines += [
         f"  augmented    {report['augmented_examples']} examples",
         f"  no-speech    {sum(report['no_speech_examples'].values())} examples (excluded audio, no text)",
-        f"  long-form    {report['whole_recordings']} validation recordings kept whole (transcribed at the "
-        "end of training)",
+        "  long-form    " + _whole_recordings(report["whole_recordings"]),
         f"  skips        {sum(skips.values())}"
         + (": " + ", ".join(f"{reason} {count}" for reason, count in skips.items()) if skips else ""),
         f"  speed        {report['elapsed_seconds']:.1f} s, "
@@ -153,3 +152,10 @@ def format_summary(summary: PrepareSummary) -> str:
             f"  note         {recordings['to_retry']} downloads failed transiently: rerun to retry them"
         )
     return "\n".join(lines)
+
+
+def _whole_recordings(count: int) -> str:
+    if not count:
+        return "none (no validation recording over 30 s, of several utterances, or of noise only)"
+    recordings = "recording" if count == 1 else "recordings"
+    return f"{count} validation {recordings} kept whole (transcribed at the end of training)"
