@@ -18,11 +18,18 @@ from whisper_pipeline.train.modeling import (
     continue_adapter,
     load_base_model,
     load_trained,
+    native_bf16,
     new_adapter,
     prepare_for_training,
     resolve_precision,
     save_adapter,
+    training_precision,
 )
+
+# torch.cpu.get_capabilities() of three CPUs: Sapphire Rapids (AMX), Zen 4 (AVX512-BF16), and AVX2 only
+SAPPHIRE_RAPIDS = {"avx2": True, "avx512_f": True, "avx512_bf16": True, "amx_tile": True, "amx_bf16": True}
+ZEN4 = {"avx2": True, "avx512_f": True, "avx512_bf16": True, "amx_tile": False, "amx_bf16": False}
+AVX2_ONLY = {"avx2": True, "avx512_f": False, "avx512_bf16": False, "amx_tile": False, "amx_bf16": False}
 
 
 @pytest.fixture
@@ -48,6 +55,56 @@ def test_precision_is_bf16_or_fp16_on_gpus_and_fp32_on_cpu(monkeypatch):
         resolve_precision("fp16", cuda=False)
     with pytest.raises(ConfigError, match="must be one of"):
         resolve_precision("fp64", cuda=False)
+
+
+def test_training_on_cpu_takes_bf16_only_with_native_bf16_and_says_why():
+    assert (native_bf16(SAPPHIRE_RAPIDS), native_bf16(ZEN4), native_bf16(AVX2_ONLY)) == (
+        "AMX",
+        "AVX512-BF16",
+        None,
+    )
+    assert native_bf16({}) is None  # a capability torch does not report is not there
+    assert training_precision("auto", cuda=False, capabilities=SAPPHIRE_RAPIDS) == (
+        "bf16",
+        "bf16 autocast: this CPU has AMX",
+    )
+    assert (
+        training_precision("auto", cuda=False, capabilities=ZEN4)[1]
+        == "bf16 autocast: this CPU has AVX512-BF16"
+    )
+    assert training_precision("auto", cuda=False, capabilities=AVX2_ONLY) == (
+        "fp32",
+        "fp32: this CPU has no native bf16 (AMX or AVX512-BF16)",
+    )
+    assert training_precision("bf16", cuda=False, capabilities=AVX2_ONLY) == (
+        "bf16",
+        "bf16 autocast: --precision bf16; this CPU has no native bf16 (AMX or AVX512-BF16), so it is slower "
+        "than fp32",
+    )
+    assert (
+        training_precision("bf16", cuda=False, capabilities=SAPPHIRE_RAPIDS)[1]
+        == "bf16 autocast: --precision bf16"
+    )
+    assert training_precision("fp32", cuda=False, capabilities=SAPPHIRE_RAPIDS) == (
+        "fp32",
+        "fp32: --precision fp32",
+    )
+    # Inference keeps fp32 on CPU whatever it has: only training's bf16 autocast was measured.
+    assert resolve_precision("auto", cuda=False) == "fp32"
+    # Without capabilities given: this CPU's, as torch reports them (an AVX2-only CPU stays fp32).
+    this_cpu = native_bf16(torch.cpu.get_capabilities())
+    assert training_precision("auto", cuda=False)[0] == ("bf16" if this_cpu else "fp32")
+
+
+def test_training_on_a_gpu_says_why(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    assert training_precision("auto", cuda=True) == ("bf16", "bf16 autocast: this GPU supports bf16")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
+    assert training_precision("auto", cuda=True) == (
+        "fp16",
+        "fp16 autocast with a grad scaler: this GPU has no bf16",
+    )
+    assert training_precision("fp32", cuda=True) == ("fp32", "fp32: --precision fp32")
 
 
 def test_quantization_needs_a_gpu_and_one_choice():

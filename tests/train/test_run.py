@@ -21,11 +21,18 @@ from transformers import WhisperProcessor
 from whisper_pipeline import __version__
 from whisper_pipeline.cache import open_cache
 from whisper_pipeline.prepare.features import pad_features
+from whisper_pipeline.train import run as run_module
 from whisper_pipeline.train import trainer as trainer_module
 from whisper_pipeline.train.arguments import parse_arguments
 from whisper_pipeline.train.batches import BackgroundBatches, CacheRows, model_inputs
 from whisper_pipeline.train.metrics import ComputeMetrics, score
-from whisper_pipeline.train.modeling import configure_generation, load_base_model, load_trained
+from whisper_pipeline.train.modeling import (
+    configure_generation,
+    load_base_model,
+    load_trained,
+    training_precision,
+)
+from whisper_pipeline.train.outputs import TrainingReport, format_summary
 from whisper_pipeline.train.run import main
 from whisper_pipeline.train.trainer import DecoderTokens, WhisperDataCollator
 
@@ -139,6 +146,7 @@ def test_short_run_trains_evaluates_with_generation_and_writes_every_output(
     assert re.search(r"^step 2/4  validation WER \d+\.\d%  CER \d+\.\d%", stdout, re.MULTILINE)
     assert re.search(r"^step 1/4  loss \d+\.\d{4}  learning rate", stdout, re.MULTILINE)
     assert "  training     4 steps, " in stdout and "1 process\n" in stdout
+    assert f"\n  precision    {training_precision('auto')[1]}\n" in stdout  # fp32 on an AVX2-only CPU
 
     adapter = {path.name for path in (output_dir / "adapter").iterdir()}
     assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json"} <= adapter
@@ -327,6 +335,61 @@ def test_train_config_yaml_fed_back_repeats_the_run(trained, tmp_path):
     weights = [load_file(path / "adapter" / "adapter_model.safetensors") for path in (output_dir, again)]
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
+
+
+def test_the_summary_says_which_precision_and_why(tmp_path):
+    resolved = {"precision": "bf16", "precision_reason": "bf16 autocast: this CPU has AMX", "world_size": 1}
+    resolved.update(unfreeze_conv=False, trainable_parameters=10, total_parameters=100)
+    settings = {
+        "cache": {"examples": {"train": 4, "validation": 2}, "data_dir": "cache", "fingerprint": "f" * 64},
+        "resolved": resolved,
+        "arguments": {"model": "./model", "adapter": None, "lora_r": 32, "lora_alpha": 64},
+    }
+    train = {"global_step": 2, "max_steps": 2, "epochs": 1.0, "runtime": 3.0, "samples_per_second": 1.0}
+    metrics = {"baseline": None, "best": {"step": 2, "wer": 0.5}, "train": {**train, "loss": 2.0}}
+    summary = format_summary(TrainingReport(tmp_path, metrics, settings, first_process=True))
+    assert "\n  precision    bf16 autocast: this CPU has AMX\n" in summary
+
+
+@pytest.mark.e2e
+def test_bf16_on_cpu_trains_and_evaluates_under_autocast_with_fp32_adapter_weights(
+    tiny_model_dir, prepared_cache, tmp_path, capsys, monkeypatch
+):
+    """--precision bf16 on CPU through the Trainer (--bf16 with use_cpu: accelerate's CPU autocast): the
+    training forward and the evaluations compute in bf16 on bf16 base weights, the LoRA weights stay fp32 in
+    memory and in the saved adapter, and the summary says so."""
+    build_model, built, seen = run_module.build_model, [], set()
+
+    def record(module, inputs, output):  # inside the model's forward: under the autocast that wraps it
+        seen.add(
+            (module.training, torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"), output.dtype)
+        )
+
+    def recorded_build_model(*args, **kwargs):
+        model = build_model(*args, **kwargs)
+        model.get_base_model().proj_out.register_forward_hook(record)  # the logits
+        built.append(model)
+        return model
+
+    monkeypatch.setattr(run_module, "build_model", recorded_build_model)
+    output_dir = tmp_path / "outputs"
+    code = main(
+        [
+            "--model", str(tiny_model_dir), "--data-dir", str(prepared_cache),
+            "--output-dir", str(output_dir), "--max-steps", "2", *QUICK, "--precision", "bf16",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    assert f"\n  precision    {training_precision('bf16')[1]}\n" in capsys.readouterr().out
+    bf16 = (True, torch.bfloat16, torch.bfloat16)
+    assert seen == {(True, *bf16), (False, *bf16)}  # training steps and evaluations, all under bf16 autocast
+    (model,) = built
+    trained = {parameter.dtype for parameter in model.parameters() if parameter.requires_grad}
+    frozen = {parameter.dtype for parameter in model.parameters() if not parameter.requires_grad}
+    assert (trained, frozen) == ({torch.float32}, {torch.bfloat16})
+    saved = load_file(output_dir / "adapter" / "adapter_model.safetensors")
+    assert {tensor.dtype for tensor in saved.values()} == {torch.float32}
+    assert any(key.endswith("lora_B.weight") and tensor.abs().sum() > 0 for key, tensor in saved.items())
 
 
 @pytest.mark.e2e

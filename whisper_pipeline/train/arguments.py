@@ -142,8 +142,9 @@ class ModelArguments:
     precision: str = field(
         default="auto",
         metadata={
-            "help": "auto: bf16 on GPUs that support it, else fp16 (grad scaler); fp32 on CPU. Frozen base "
-            "weights are loaded in it, trained weights stay fp32.",
+            "help": "auto: bf16 on GPUs that support it, else fp16 (grad scaler); on CPU bf16 autocast "
+            "where it has AMX or AVX512-BF16, else fp32. Frozen base weights are loaded in it, trained "
+            "weights stay fp32.",
             "choices": list(PRECISIONS),
         },
     )

@@ -11,9 +11,10 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
@@ -32,6 +33,10 @@ from whisper_pipeline.errors import ConfigError, ModelError
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+PRECISION_LABELS = {"bf16": "bf16 autocast", "fp16": "fp16 autocast with a grad scaler", "fp32": "fp32"}
+# torch.cpu.get_capabilities() keys of native bf16 matrix multiplication, and their names
+NATIVE_BF16 = {"amx_bf16": "AMX", "avx512_bf16": "AVX512-BF16"}
+NO_NATIVE_BF16 = "no native bf16 (AMX or AVX512-BF16)"
 CONV_MODULES = ("conv1", "conv2")  # the encoder's input convolutions (the decoder has none)
 DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "out_proj")
 ADAPTER_CONFIG = "adapter_config.json"
@@ -67,7 +72,8 @@ def resolve_model_dir(model: str | Path, *, flag: str = "--model") -> Path:
 
 
 def resolve_precision(requested: str, *, cuda: bool | None = None) -> str:
-    """auto -> bf16 on a GPU that has it, fp16 (with a grad scaler) on an older GPU, fp32 on CPU."""
+    """auto -> bf16 on a GPU that has it, fp16 (with a grad scaler) on an older GPU, fp32 on CPU: inference's
+    choice (training's, training_precision, also takes bf16 on CPUs with native bf16)."""
     if requested not in PRECISIONS:
         raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {requested!r}")
     cuda = torch.cuda.is_available() if cuda is None else cuda
@@ -78,6 +84,37 @@ def resolve_precision(requested: str, *, cuda: bool | None = None) -> str:
     if requested == "fp16" and not cuda:
         raise ConfigError("--precision fp16 needs a CUDA GPU (its grad scaler); use fp32 or bf16 on CPU")
     return requested
+
+
+def native_bf16(capabilities: Mapping[str, Any]) -> str | None:
+    """The feature that multiplies bf16 natively (AMX, AVX512-BF16) among a CPU's capabilities (the keys of
+    torch.cpu.get_capabilities()), or None: without one, bf16 matrix products go through conversions to
+    fp32 and are slower than fp32 (benchmarks/cpu_precision.py)."""
+    return next((name for key, name in NATIVE_BF16.items() if capabilities.get(key)), None)
+
+
+def training_precision(
+    requested: str, *, cuda: bool | None = None, capabilities: Mapping[str, Any] | None = None
+) -> tuple[str, str]:
+    """Training's precision, and why (the summary says it). On CPU, auto is bf16 autocast (base weights in
+    bf16, trained weights fp32) only where the CPU multiplies bf16 natively: a whisper-base step was reported
+    twice as fast as fp32 there, while without it bf16 is slower than fp32. `capabilities`: those of
+    torch.cpu.get_capabilities(), this CPU's by default."""
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    precision = resolve_precision(requested, cuda=cuda)
+    native = (
+        None if cuda else native_bf16(torch.cpu.get_capabilities() if capabilities is None else capabilities)
+    )
+    if requested != "auto":
+        why = f"--precision {requested}"
+        if precision == "bf16" and not cuda and not native:
+            why += f"; this CPU has {NO_NATIVE_BF16}, so it is slower than fp32"
+    elif cuda:
+        why = "this GPU supports bf16" if precision == "bf16" else "this GPU has no bf16"
+    else:
+        precision = "bf16" if native else "fp32"
+        why = f"this CPU has {native or NO_NATIVE_BF16}"
+    return precision, f"{PRECISION_LABELS[precision]}: {why}"
 
 
 def check_quantization(load_in_8bit: bool, load_in_4bit: bool, *, cuda: bool | None = None) -> str | None:
@@ -113,7 +150,7 @@ def _refuse_pickle(what: str, directory: Path, allow_pickle: bool) -> None:
 def load_base_model(
     model_dir: Path, *, precision: str, allow_pickle: bool = False, quantization: str | None = None
 ) -> WhisperForConditionalGeneration:
-    """The pretrained Whisper from a local directory, frozen weights in the compute dtype (fp32 on CPU)."""
+    """The pretrained Whisper from a local directory, frozen weights in the compute dtype."""
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise ModelError(

@@ -241,8 +241,9 @@ def format_summary(report: TrainingReport) -> str:
         "train_model.py summary",
         f"  data         {cache['examples']['train']} train / {cache['examples']['validation']} validation "
         f"examples from {cache['data_dir']} (fingerprint {cache['fingerprint'][:12]})",
-        f"  model        {arguments['model']} + {adapter}, {resolved['precision']}, "
+        f"  model        {arguments['model']} + {adapter}, "
         f"{resolved['trainable_parameters']:,} of {resolved['total_parameters']:,} parameters trained",
+        f"  precision    {resolved['precision_reason']}",
         f"  training     {_training_line(train, resolved)}",
         f"  baseline     {_score_line(baseline)}",
         f"  best         {_score_line(best)}{at_step}",

@@ -47,7 +47,7 @@ from whisper_pipeline.train.modeling import (
     new_adapter,
     prepare_for_training,
     resolve_model_dir,
-    resolve_precision,
+    training_precision,
 )
 from whisper_pipeline.train.outputs import (
     TrainingReport,
@@ -126,7 +126,7 @@ def run_training(
     check_writable(training_args.output_dir, "--output-dir")
     if not training_args.use_cpu:
         check_cuda(cuda_state())
-    precision = _precision(model_args, training_args)
+    precision, precision_reason = _precision(model_args, training_args)
     quantization = check_quantization(model_args.load_in_8bit, model_args.load_in_4bit)
     resume = _resume_checkpoint(training_args)
     requested_args = training_args  # what train_config.yaml records: fed back, it repeats this run
@@ -160,6 +160,7 @@ def run_training(
         examples={"train": len(splits.train), "validation": len(splits.validation)},
         resolved={
             "precision": precision,
+            "precision_reason": precision_reason,
             "quantization": quantization,
             "language": language,
             "task": task,
@@ -268,14 +269,14 @@ def _splits(cache: PreparedCache) -> Splits:
     )
 
 
-def _precision(model_args: ModelArguments, training_args: PipelineTrainingArguments) -> str:
-    """--precision, or the Trainer's own --bf16/--fp16 when given with --precision auto."""
+def _precision(model_args: ModelArguments, training_args: PipelineTrainingArguments) -> tuple[str, str]:
+    """--precision, or the Trainer's own --bf16/--fp16 when given with --precision auto; and why."""
     trainer_flag = "bf16" if training_args.bf16 else "fp16" if training_args.fp16 else None
     if trainer_flag and model_args.precision not in ("auto", trainer_flag):
         raise ConfigError(
             f"--{trainer_flag} contradicts --precision {model_args.precision}: give one of them"
         )
-    return resolve_precision(trainer_flag or model_args.precision)
+    return training_precision(trainer_flag or model_args.precision)
 
 
 def _resume_checkpoint(training_args: PipelineTrainingArguments) -> str | None:
