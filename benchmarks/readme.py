@@ -20,6 +20,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
+NAMES = ("prepare", "train_input", "cpu_precision")  # the benchmarks, each with results/NAME.json
 Results = Mapping[str, Mapping[str, Any]]
 
 
@@ -37,8 +38,8 @@ def goals_table(goals: Sequence[Mapping[str, Any]]) -> str:
 
 
 def summary(results: Results) -> str:
-    """README.md's block: every goal of both benchmarks with its measured figure, then those not met."""
-    goals = [goal for name in ("prepare", "train_input") for goal in results[name]["goals"]]
+    """README.md's block: every goal of every benchmark with its measured figure, then those not met."""
+    goals = [goal for name in NAMES for goal in results[name]["goals"]]
     unmet = [f"{goal['goal']}: {goal['measured']}" for goal in goals if goal["passed"] is False]
     verdict = "Every goal these scripts measure was met in this run."
     if unmet:
@@ -50,11 +51,12 @@ BLOCKS = {
     "summary": ROOT / "README.md",
     "prepare": ROOT / "benchmarks" / "README.md",
     "train_input": ROOT / "benchmarks" / "README.md",
+    "cpu_precision": ROOT / "benchmarks" / "README.md",
 }
 
 
 def load_results(directory: Path = RESULTS) -> dict[str, Mapping[str, Any]]:
-    return {name: json.loads((directory / f"{name}.json").read_text()) for name in ("prepare", "train_input")}
+    return {name: json.loads((directory / f"{name}.json").read_text()) for name in NAMES}
 
 
 def rendered(results: Results) -> dict[Path, str]:

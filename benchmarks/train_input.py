@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from peft import PeftModel
 from torch.utils.data import DataLoader, RandomSampler
 from torch.utils.flop_counter import FlopCounterMode
-from transformers import WhisperTokenizerFast
+from transformers import WhisperTokenizerFast, set_seed
 
 from benchmarks.prepare import CORES, LANGUAGE, SEED, build_corpus, publish, serve_corpus, write_export
 from benchmarks.readme import goals_table, table
@@ -37,6 +38,7 @@ from whisper_pipeline.prepare.run import PrepareArguments, run_prepare
 from whisper_pipeline.train import arguments as train_arguments
 from whisper_pipeline.train import run as training
 from whisper_pipeline.train.batches import BackgroundBatches, CacheRows, model_inputs
+from whisper_pipeline.train.modeling import TORCH_DTYPES
 from whisper_pipeline.train.trainer import BACKGROUND_STEPS, DecoderTokens, WhisperDataCollator
 
 # NVIDIA H100 datasheet, H100 SXM: BF16 Tensor Core 1,979 TFLOPS with sparsity, half of it dense; 3.35 TB/s.
@@ -169,22 +171,39 @@ def waited_per_step(load: Load, setting: tuple[int, str, str], batches: int, ste
     return [round(waited / batches, 6), round(taker_cpu[0] / (batches + WARMUP_BATCHES), 6)]
 
 
+def training_model(model_dir: Path, precision: str = "fp32", adapter: str | None = None) -> PeftModel:
+    """whisper-base + LoRA as train_model.py builds it (its default LoRA: r 32, alpha 64 on q/k/v/out, as the
+    demo's), a new adapter or `adapter` continued, in training mode; seeded first as train_model.py does,
+    so that new adapters start alike."""
+    arguments = (
+        train_arguments.DataArguments(),
+        train_arguments.ModelArguments(model=str(model_dir), adapter=adapter),
+        train_arguments.LoraArguments(),
+    )
+    set_seed(SEED)
+    model = training.build_model(*arguments, language=LANGUAGE, task="transcribe", precision=precision)
+    return model.train()
+
+
+def forward_backward(model: PeftModel, batch: Mapping[str, torch.Tensor], precision: str = "fp32") -> float:
+    """One forward and backward as WhisperTrainer runs them on this CPU: the input padded in the compute
+    dtype, the forward under bf16 autocast for bf16 (accelerate's, with --bf16 --use-cpu); the loss."""
+    inputs = model_inputs(batch, dtype=TORCH_DTYPES[precision], device="cpu")
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        loss = model(**inputs).loss
+    loss.backward()
+    return loss.item()
+
+
 def training_step(model_dir: Path, batches: Iterator[dict[str, torch.Tensor]], steps: int) -> dict[str, Any]:
     """whisper-base + a new LoRA adapter as train_model.py builds it, fp32 on this CPU: the FLOPs of one step
     (the warm-up) and the mean seconds of `steps` more."""
-    arguments = (
-        train_arguments.DataArguments(),
-        train_arguments.ModelArguments(model=str(model_dir)),
-        train_arguments.LoraArguments(),
-    )
-    model = training.build_model(*arguments, language=LANGUAGE, task="transcribe", precision="fp32")
-    model.train()
+    model = training_model(model_dir)
     trained = [parameter for parameter in model.parameters() if parameter.requires_grad]
     optimizer = torch.optim.AdamW(trained, lr=train_arguments.DEFAULT_LEARNING_RATE)
 
     def step() -> None:
-        batch = model_inputs(next(batches), dtype=torch.float32, device="cpu")  # as WhisperTrainer does
-        model(input_features=batch["input_features"], labels=batch["labels"]).loss.backward()
+        forward_backward(model, next(batches))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
