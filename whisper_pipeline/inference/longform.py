@@ -11,14 +11,12 @@ timestamp, then drops speech or repeats itself. These scores show it:
 - timing error: the mean absolute difference between an utterance's start and end and those of the
   predicted segment that overlaps it most;
 - hallucination: words written on noise-only recordings, and the share of transcripts with a loop (a word
-  3-gram three times or more, and more often than the recording's own transcript says it: long recordings
-  repeat phrases, and that is speech, not a loop).
+  3-gram written three times in a row: see `has_loop`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -269,12 +267,11 @@ def score_long_form(recordings: Sequence[LongRecording], outputs: Sequence[Seque
         scores["coverage"] = sum(_covered(u, segments) for u, segments in utterances) / len(utterances)
         errors = [error for u, segments in utterances if (error := _boundary_error(u, segments)) is not None]
         scores["timestamp_error"] = float(np.mean(errors)) if errors else None
-    said = [(text, recording.reference) for (recording, _), text in zip(speech, texts, strict=True)]
-    said += [(" ".join(segment.text for segment in segments), "") for segments in noise]
+    written = texts + [" ".join(segment.text for segment in segments) for segments in noise]
     scores["noise_words"] = sum(
         len(normalize_for_scoring(s.text).split()) for segments in noise for s in segments
     )
-    scores["loops"] = sum(has_loop(text, reference) for text, reference in said) / max(len(said), 1)
+    scores["loops"] = sum(map(has_loop, written)) / max(len(written), 1)
     return scores
 
 
@@ -299,16 +296,20 @@ def _boundary_error(utterance: Utterance, segments: Sequence[Span]) -> float | N
     return (abs(best.start - utterance.start) + abs(best.end - utterance.end)) / 2
 
 
-def has_loop(text: str, reference: str = "") -> bool:
-    """A word 3-gram written three times or more and more often than `reference` holds it: the repetition
-    long-form decoding falls into, not a phrase the speakers themselves repeat."""
-    written, said = _word_grams(text), _word_grams(reference)
-    return any(count >= LOOP_REPEATS and count > said[gram] for gram, count in written.items())
-
-
-def _word_grams(text: str) -> Counter[tuple[str, ...]]:
+def has_loop(text: str) -> bool:
+    """A word 3-gram written three times in a row, each copy the same number of words after the last with
+    the same words between (`cái gì không cái gì không cái gì không`, or one word five times): the
+    repetition a looping decoder writes. Counting repeated 3-grams anywhere would also count phrases the
+    speakers repeat and a phrase the model mishears the same way each time."""
     words = normalize_for_scoring(text).split()
-    return Counter(tuple(words[i : i + LOOP_NGRAM]) for i in range(len(words) - LOOP_NGRAM + 1))
+    for period in range(1, len(words) // 2):
+        stretch = (LOOP_REPEATS - 1) * period + LOOP_NGRAM  # the three copies of the 3-gram, end to end
+        run = 0  # words so far that equal the word `period` before them
+        for index in range(period, len(words)):
+            run = run + 1 if words[index] == words[index - period] else 0
+            if run + period >= stretch:
+                return True
+    return False
 
 
 def score_adapter_and_base(
