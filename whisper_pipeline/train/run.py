@@ -231,7 +231,8 @@ def run_training(
         )
     if trainer.is_world_process_zero():
         write_results(output_dir, trainer.model, processor, metrics, splits.validation_sources, best)
-    trainer.accelerator.wait_for_everyone()
+    # No barrier here: the other processes have nothing left to do, and one would time out (ddp_timeout,
+    # 30 min by default) while the first transcribes many long validation recordings.
     return TrainingReport(output_dir, metrics, settings, trainer.is_world_process_zero())
 
 
