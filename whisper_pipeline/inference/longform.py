@@ -19,8 +19,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import jiwer
 import numpy as np
@@ -64,6 +64,7 @@ class LongFormArguments:
 
 COVERED_SHARE = 0.5  # an utterance counts as covered when at least this share of it is under segments
 LOOP_NGRAM, LOOP_REPEATS = 3, 3
+SegmentT = TypeVar("SegmentT")  # a dataclass with start, end and text: Span, transcribe.Segment
 
 
 @dataclass(frozen=True)
@@ -232,10 +233,16 @@ def transcribe_cached(
     return outputs
 
 
-def within_recording(segments: Sequence[Span], duration: float) -> list[Span]:
-    """Segments with text, their times within the recording (see `clamp_time`)."""
+def within_recording(segments: Sequence[SegmentT], duration: float) -> list[SegmentT]:
+    """Segments with text, their times within the recording (see `clamp_time`), all else kept (scores,
+    words): transcribe's segments and long-form evaluation's spans alike."""
     return [
-        Span(clamp_time(s.start, duration), clamp_time(max(s.end, s.start), duration), s.text.strip())
+        replace(
+            s,
+            start=clamp_time(s.start, duration),
+            end=clamp_time(max(s.end, s.start), duration),
+            text=s.text.strip(),
+        )
         for s in segments
         if s.text.strip()
     ]

@@ -27,7 +27,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from itertools import islice
 from pathlib import Path, PurePosixPath
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -43,8 +43,8 @@ from whisper_pipeline.errors import ConfigError, ModelError, PipelineError, exit
 from whisper_pipeline.inference.longform import (
     LOG_PROB_THRESHOLD,
     NO_SPEECH_THRESHOLD,
-    clamp_time,
     generate_segments,
+    within_recording,
 )
 from whisper_pipeline.prepare.audio import AudioDecodeError, decode_audio
 from whisper_pipeline.prepare.http import HttpAccess, redact
@@ -371,18 +371,8 @@ def _first_line(error: BaseException) -> str:
 
 
 def _transcript(uri: str, samples: np.ndarray, language: str | None, segments: list[Segment]) -> Transcript:
-    """Segments with text, their times within the recording (see longform.clamp_time)."""
     duration = round(len(samples) / SAMPLE_RATE, 3)
-    kept = [
-        replace(
-            s,
-            start=clamp_time(s.start, duration),
-            end=clamp_time(max(s.end, s.start), duration),
-            text=s.text.strip(),
-        )
-        for s in segments
-        if s.text.strip()
-    ]
+    kept = within_recording(segments, duration)
     text = " ".join(segment.text for segment in kept)
     return Transcript(uri, duration, language, text, kept)
 
