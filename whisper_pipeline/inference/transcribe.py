@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from itertools import islice
 from pathlib import Path, PurePosixPath
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 import numpy as np
 import torch
@@ -57,6 +57,7 @@ from whisper_pipeline.prepare.sources import (
     S3Settings,
     http_settings,
     load_env_file,
+    local_files_path,
 )
 from whisper_pipeline.train.modeling import (
     PRECISIONS,
@@ -485,7 +486,7 @@ def _input_path(uri: str) -> PurePosixPath:
     Studio local file's from its query (`/data/local-files/?d=calls/a%20b.wav` -> `calls/a b.wav`)."""
     parsed = urlsplit(uri)
     if parsed.path.startswith(LOCAL_FILES_PREFIX):
-        return PurePosixPath((parse_qs(parsed.query).get("d") or [parsed.path])[0])
+        return PurePosixPath(local_files_path(parsed) or parsed.path)
     if uri.startswith(("http://", "https://")):
         return PurePosixPath(unquote(parsed.path))
     return PurePosixPath(uri.split("?", 1)[0])

@@ -240,6 +240,12 @@ def _local(uri: str, path: Path) -> AudioRef:
     return AudioRef(uri, "local", path=path)
 
 
+def local_files_path(parsed) -> str:
+    """The file a /data/local-files/?d=<relative> URL (urlsplit) names under the local-files root ("" if
+    none)."""
+    return (parse_qs(parsed.query).get("d") or [""])[0]
+
+
 def _label_studio_file(uri: str, parsed, roots: Mapping[str, Path | None]) -> AudioRef:
     """/data/local-files/?d=<relative> under --local-files-root, /data/upload/<project>/<file> under
     --upload-root (Label Studio keeps them apart: LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT and
@@ -247,7 +253,7 @@ def _label_studio_file(uri: str, parsed, roots: Mapping[str, Path | None]) -> Au
     prefix = LOCAL_FILES_PREFIX if parsed.path.startswith(LOCAL_FILES_PREFIX) else UPLOAD_PREFIX
     flag = LABEL_STUDIO_ROOT_FLAGS[prefix]
     if prefix == LOCAL_FILES_PREFIX:
-        relative = (parse_qs(parsed.query).get("d") or [""])[0]
+        relative = local_files_path(parsed)
     else:
         relative = unquote(parsed.path)[len(UPLOAD_PREFIX) :]
     root = roots[prefix]
