@@ -93,9 +93,8 @@ def decode_audio(data: bytes, *, name: str = "") -> np.ndarray:
         samples = _decode_with_ffmpeg(data, label, recognised=recognised, reader_error=error.error_string)
     else:
         with sound:
-            blocks = sound.blocks(blocksize=BLOCK_FRAMES, dtype="float32", always_2d=True)
             try:
-                samples = _downmix_resample(blocks, sound.samplerate, sound.frames)
+                samples = _downmix_resample(_file_blocks(sound), sound.samplerate, sound.frames)
             except sf.LibsndfileError as error:  # a recognised file whose data breaks off (truncated FLAC)
                 raise AudioDecodeError(
                     "corrupt_audio",
@@ -122,6 +121,18 @@ def _downmix_resample(blocks: Iterable[np.ndarray], rate: int, expected_frames: 
     if resampler is not None:
         buffer.append(resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True))
     return buffer.samples()
+
+
+def _file_blocks(sound: sf.SoundFile) -> Iterator[np.ndarray]:
+    """[frames, channels] blocks of up to BLOCK_FRAMES until the decoder has no more.
+
+    Not SoundFile.blocks: it reads as many frames as the header announces and keeps its buffer when a read
+    comes back short, and an MP3's header count is an estimate (ffmpeg's LAME output of 5 minutes
+    announces 0.7 s more than it holds): the end of the recording came out a second time, or uninitialised
+    memory for a file shorter than one block.
+    """
+    while len(block := sound.read(BLOCK_FRAMES, dtype="float32", always_2d=True)):
+        yield block
 
 
 def _pipe_blocks(pipe: IO[bytes], channels: int) -> Iterator[np.ndarray]:
