@@ -81,10 +81,30 @@ def test_export_merge_prints_no_library_warning(merged):
     assert noise(merged[1]) == []
 
 
-def test_export_ctranslate2_prints_no_library_warning(merged):
-    # CTranslate2's converter loads the merged model through transformers: its "Loading weights" bar
+@pytest.fixture(scope="module")
+def exported(merged) -> tuple[Path, str]:
+    """The merged model through `export ctranslate2` at its default type (int8_float16), and the output."""
+    folder = merged[0].parent / "ct2"
     output = run(
         "-m", "whisper_pipeline.inference.export", "ctranslate2", "--model", str(merged[0]),
-        "--output", str(merged[0].parent / "ct2"),
+        "--output", str(folder),
     )  # fmt: skip
-    assert noise(output) == [] and (merged[0].parent / "ct2" / "model.bin").is_file()
+    return folder, output
+
+
+def test_export_ctranslate2_prints_no_library_warning(exported):
+    # CTranslate2's converter loads the merged model through transformers: its "Loading weights" bar
+    assert noise(exported[1]) == [] and (exported[0] / "model.bin").is_file()
+
+
+def test_transcribe_with_the_default_ctranslate2_export_on_cpu_prints_no_library_warning(
+    exported, speech_clips
+):
+    """The default export is int8_float16, for GPUs: on a CPU it runs as int8_float32, chosen before the
+    load, so that CTranslate2 does not convert it and say so ("[ctranslate2] [warning] The compute type
+    inferred from the saved model is int8_float16, but the target device ...")."""
+    output = run(
+        "-m", "whisper_pipeline.inference.transcribe", str(speech_clips[0].paths["wav"]),
+        "--model", str(exported[0]), "--max-new-tokens", "16",
+    )  # fmt: skip
+    assert noise(output) == []

@@ -18,7 +18,13 @@ import pytest
 
 from tests.fixtures.training import train_adapter
 from whisper_pipeline.constants import SAMPLE_RATE
-from whisper_pipeline.inference.transcribe import TranscribeArguments, _output_paths, main
+from whisper_pipeline.inference.transcribe import (
+    TranscribeArguments,
+    _output_paths,
+    ctranslate2_compute_type,
+    main,
+    saved_weight_type,
+)
 from whisper_pipeline.testing.http_files import HttpFileServer
 from whisper_pipeline.testing.synthetic import encode_audio
 
@@ -77,6 +83,44 @@ def _check_covers(segments: list[tuple[float, float, str]], duration: float) -> 
     assert all(earlier[1] <= later[0] + 0.01 for earlier, later in pairwise(segments))
     text = " ".join(text for _, _, text in segments).lower()
     assert text.count("brown fox") >= 4 and text.count("call me back") >= 4
+
+
+def test_the_weight_type_of_an_export_is_read_from_its_model_bin(ct2_base, tmp_path):
+    assert saved_weight_type(ct2_base / "model.bin") == "int8_float16"  # export's default
+    cut_short = tmp_path / "model.bin"
+    cut_short.write_bytes((ct2_base / "model.bin").read_bytes()[:4096])
+    assert saved_weight_type(cut_short) is None and saved_weight_type(tmp_path / "missing.bin") is None
+
+
+@pytest.mark.parametrize(
+    ("saved", "cuda", "expected"),
+    [
+        ("int8_float16", False, "int8_float32"),  # what CTranslate2 itself converts it to, silently here
+        ("float16", False, "float32"),
+        ("bfloat16", False, "float32"),
+        ("int8_float32", False, "default"),
+        ("float32", False, "default"),
+        ("int8_float16", True, "default"),  # a GPU runs it as saved
+        (None, False, "default"),  # unread: CTranslate2 decides
+    ],
+)
+def test_an_export_runs_as_saved_where_the_device_can(saved, cuda, expected):
+    assert (
+        ctranslate2_compute_type(saved, cuda=cuda, cpu_types={"float32", "int8", "int8_float32"}) == expected
+    )
+
+
+def test_a_ctranslate2_export_is_run_without_importing_torch(ct2_base, speech_clips):
+    """Importing torch and transformers' models is 10 s of a command's start on 2 cores: the faster-whisper
+    path, which needs neither, must not pay it (nor pre-annotation, which runs through it)."""
+    code = (
+        "import sys; from whisper_pipeline.inference import preannotate, transcribe; "
+        f"transcribe.main([{str(speech_clips[3].paths['wav'])!r}, '--model', {str(ct2_base)!r}]); "
+        "print(sorted({'torch', 'peft'} & set(sys.modules)))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.splitlines()[-1] == "[]"
 
 
 @pytest.mark.e2e

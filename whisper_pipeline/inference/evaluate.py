@@ -41,7 +41,7 @@ from whisper_pipeline.cache import (
 )
 from whisper_pipeline.cli import CONFIG_NOTE, PipelineArgumentParser, as_typed
 from whisper_pipeline.config import parse_config
-from whisper_pipeline.constants import MAX_TARGET_POSITIONS
+from whisper_pipeline.constants import MAX_TARGET_POSITIONS, PRECISIONS
 from whisper_pipeline.errors import ConfigError, ModelError, exit_on_user_error
 from whisper_pipeline.inference.longform import (
     LongFormArguments,
@@ -71,7 +71,6 @@ from whisper_pipeline.prepare.sources import AudioAccess, AudioRef
 from whisper_pipeline.train.batches import CacheRows, feature_batch, model_inputs
 from whisper_pipeline.train.metrics import SCORES, normalize_for_scoring, percent, score, utterance_wers
 from whisper_pipeline.train.modeling import (
-    PRECISIONS,
     TORCH_DTYPES,
     check_adapter_files,
     limit_new_tokens,

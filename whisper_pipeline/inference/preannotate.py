@@ -48,6 +48,7 @@ from tqdm.auto import tqdm
 from whisper_pipeline.atomic import atomic_write_bytes
 from whisper_pipeline.cli import CONFIG_NOTE, PipelineArgumentParser, as_typed
 from whisper_pipeline.config import parse_config
+from whisper_pipeline.constants import ADAPTER_SAFETENSORS, PRECISIONS
 from whisper_pipeline.errors import (
     AnnotationError,
     ConfigError,
@@ -88,7 +89,6 @@ from whisper_pipeline.prepare.run import (
 from whisper_pipeline.prepare.sources import AudioAccess, AudioSourceError, load_env_file
 from whisper_pipeline.prepare.windows import Utterance
 from whisper_pipeline.train.metrics import normalize_for_scoring, score
-from whisper_pipeline.train.modeling import ADAPTER_SAFETENSORS, PRECISIONS
 from whisper_pipeline.writable import check_writable
 
 WEIGHT_FILES = ("model.bin", "model.safetensors", ADAPTER_SAFETENSORS)  # what identifies a model's weights

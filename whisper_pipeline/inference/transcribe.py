@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -33,12 +34,11 @@ from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlsplit
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from whisper_pipeline.cli import PipelineArgumentParser, as_typed
 from whisper_pipeline.config import parse_config
-from whisper_pipeline.constants import N_FRAMES, SAMPLE_RATE
+from whisper_pipeline.constants import N_FRAMES, PRECISIONS, SAMPLE_RATE
 from whisper_pipeline.errors import ConfigError, ModelError, PipelineError, exit_on_user_error
 from whisper_pipeline.inference.longform import (
     LOG_PROB_THRESHOLD,
@@ -58,15 +58,6 @@ from whisper_pipeline.prepare.sources import (
     http_settings,
     load_env_file,
     local_files_path,
-)
-from whisper_pipeline.train.modeling import (
-    PRECISIONS,
-    TORCH_DTYPES,
-    configure_generation,
-    limit_new_tokens,
-    load_base_model,
-    load_trained,
-    resolve_precision,
 )
 from whisper_pipeline.train.outputs import trained_language_and_task
 from whisper_pipeline.writable import check_writable
@@ -255,17 +246,75 @@ FASTER_WHISPER_DECODING = {
     "no_speech_threshold": NO_SPEECH_THRESHOLD,
 }
 FALLBACK_SEED = 0
+CT2_TYPE_IDS = ("float32", "int8", "int16", "int32", "float16", "bfloat16")  # model.bin's, in order
+
+
+def cpu_threads() -> int:
+    """CTranslate2's threads on CPU: OMP_NUM_THREADS where set (as torch reads it), else every CPU this
+    process may use (a container's limit, not the host's count)."""
+    requested = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return int(requested) if requested.isdigit() and int(requested) > 0 else len(os.sched_getaffinity(0))
+
+
+def saved_weight_type(model_bin: Path) -> str | None:
+    """The weight type a CTranslate2 model was saved with (int8_float16, float32, ...), from the variable
+    headers of its model.bin (ctranslate2.specs.model_spec writes: version, spec name, revision, then each
+    variable's name, shape, type id and size); None where the file reads otherwise."""
+    types: set[str] = set()
+    try:
+        with model_bin.open("rb") as model:
+
+            def number(fmt: str) -> int:
+                return struct.unpack(fmt, model.read(struct.calcsize(fmt)))[0]
+
+            def string() -> str:
+                return model.read(number("H"))[:-1].decode("utf-8")
+
+            number("I")  # binary version
+            string()  # spec name
+            number("I")  # spec revision
+            for _ in range(number("I")):
+                name = string()
+                for _ in range(number("B")):
+                    number("I")
+                type_id = number("B")
+                model.seek(number("I"), os.SEEK_CUR)
+                if not name.endswith("_scale"):  # int8 weights carry float32 scales whatever the type
+                    types.add(CT2_TYPE_IDS[type_id])
+    except (OSError, struct.error, UnicodeDecodeError, IndexError):
+        return None
+    floats = sorted(types & {"float32", "float16", "bfloat16"})
+    if len(floats) != 1:
+        return None
+    return f"int8_{floats[0]}" if "int8" in types else floats[0]
+
+
+def ctranslate2_compute_type(saved: str | None, cuda: bool, cpu_types: set[str]) -> str:
+    """The export's own type where the device runs it; on a CPU without it the same weights with float32
+    activations (int8_float16 -> int8_float32, float16 -> float32), as CTranslate2 converts them itself, minus
+    the warning it prints each load."""
+    if cuda or saved is None or saved in cpu_types:
+        return "default"
+    return "int8_float32" if saved.startswith("int8") else "float32"
 
 
 def ctranslate2_transcriber(model_dir: Path, args: TranscribeArguments, language: str | None) -> Transcriber:
-    """faster-whisper: the GPU when CTranslate2 sees one, the export's own weight type (converted on CPU)."""
+    """faster-whisper: the GPU when CTranslate2 sees one, the export's own weight type (float32 activations
+    on a CPU without float16)."""
     import ctranslate2
     from faster_whisper import WhisperModel
 
     if not (model_dir / "tokenizer.json").is_file():
         raise ModelError(f"--model {model_dir} has no tokenizer.json (export it with `export ctranslate2`)")
+    compute_type = ctranslate2_compute_type(
+        saved_weight_type(model_dir / "model.bin"),
+        cuda=ctranslate2.get_cuda_device_count() > 0,
+        cpu_types=set(ctranslate2.get_supported_compute_types("cpu")),
+    )
     try:
-        model = WhisperModel(str(model_dir), device="auto", cpu_threads=len(os.sched_getaffinity(0)))
+        model = WhisperModel(
+            str(model_dir), device="auto", compute_type=compute_type, cpu_threads=cpu_threads()
+        )
     except (RuntimeError, ValueError, OSError) as error:
         raise ModelError(f"cannot load --model {model_dir}: {_first_line(error)}") from None
     if language is not None and language not in model.supported_languages:
@@ -311,7 +360,17 @@ def transformers_transcriber(
     """transformers' own long-form Whisper generation: the files of a batch decoded together, each with its
     attention mask, short ones padded to one 30 s window; `scored`: each segment with its tokens' mean
     log-probability (see longform.generate_segments)."""
+    import torch
     from transformers import WhisperFeatureExtractor, WhisperTokenizerFast
+
+    from whisper_pipeline.train.modeling import (
+        TORCH_DTYPES,
+        configure_generation,
+        limit_new_tokens,
+        load_base_model,
+        load_trained,
+        resolve_precision,
+    )
 
     precision = resolve_precision(args.precision)
     adapter_dir = Path(args.adapter) if args.adapter else None

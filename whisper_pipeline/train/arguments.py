@@ -13,11 +13,11 @@ from transformers.training_args import IntervalStrategy, SaveStrategy
 
 from whisper_pipeline.cli import CONFIG_NOTE, PipelineArgumentParser, as_typed
 from whisper_pipeline.config import parse_config
-from whisper_pipeline.constants import MAX_TARGET_POSITIONS
+from whisper_pipeline.constants import MAX_TARGET_POSITIONS, PRECISIONS
 from whisper_pipeline.errors import ConfigError
 from whisper_pipeline.inference.longform import LongFormArguments
 from whisper_pipeline.train.metrics import SCORES
-from whisper_pipeline.train.modeling import DEFAULT_TARGET_MODULES, PRECISIONS
+from whisper_pipeline.train.modeling import DEFAULT_TARGET_MODULES
 
 RESUME_AUTO = "auto"
 # LoRA moves only a low-rank update B·A with B starting at zero, scaled by alpha/r: to change the model

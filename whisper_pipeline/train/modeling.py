@@ -29,9 +29,9 @@ from transformers.utils import (
 )
 from transformers.utils import logging as hf_logging
 
+from whisper_pipeline.constants import ADAPTER_CONFIG, ADAPTER_PICKLE, ADAPTER_SAFETENSORS, PRECISIONS
 from whisper_pipeline.errors import ConfigError, ModelError
 
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 PRECISION_LABELS = {"bf16": "bf16 autocast", "fp16": "fp16 autocast with a grad scaler", "fp32": "fp32"}
 # torch.cpu.get_capabilities() keys of native bf16 matrix multiplication, and their names
@@ -39,9 +39,6 @@ NATIVE_BF16 = {"amx_bf16": "AMX", "avx512_bf16": "AVX512-BF16"}
 NO_NATIVE_BF16 = "no native bf16 (AMX or AVX512-BF16)"
 CONV_MODULES = ("conv1", "conv2")  # the encoder's input convolutions (the decoder has none)
 DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "out_proj")
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_SAFETENSORS = "adapter_model.safetensors"
-ADAPTER_PICKLE = "adapter_model.bin"
 PEFT_PREFIX = "base_model.model."  # peft's prefix of every saved key, before the base model's own path
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # owner/name, e.g. openai/whisper-small
 # What a Whisper repository on the hub needs here: config, processor files and safetensors weights (not

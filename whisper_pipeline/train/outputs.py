@@ -7,6 +7,8 @@ train_config.yaml            every resolved setting + cache fingerprint + packag
 report.html                  loss/WER curves, worst validation utterances with a word diff, settings
 runs/                        TensorBoard logs
 checkpoint-*/                resumable checkpoints (--resume-from-checkpoint PATH|auto)
+
+Light to import (no torch): transcribe and export read a run's train_config.yaml through it.
 """
 
 from __future__ import annotations
@@ -14,17 +16,15 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import datasets
-import torch
 import yaml
 
 from whisper_pipeline import __version__
 from whisper_pipeline.config import to_plain_dict
 from whisper_pipeline.train.metrics import ComputeMetrics, percent, utterance_wers
-from whisper_pipeline.train.modeling import save_adapter
 from whisper_pipeline.train.report import REPORT_FILE, write_report
 
 if TYPE_CHECKING:
@@ -101,6 +101,8 @@ def write_results(
     output_dir: Path, model, processor, metrics: Mapping[str, Any], sources: Sequence[Mapping[str, Any]], best
 ) -> None:
     """The best adapter, metrics.json, the validation predictions and report.html (first process only)."""
+    from whisper_pipeline.train.modeling import save_adapter
+
     save_adapter(model, processor, output_dir / ADAPTER_DIR)
     (output_dir / METRICS_FILE).write_text(
         json.dumps(metrics, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
@@ -169,17 +171,7 @@ def _write_predictions(
 
 
 def _versions() -> dict[str, str]:
-    import accelerate
-    import peft
-    import transformers
-
-    return {
-        "torch": str(torch.__version__),
-        "transformers": transformers.__version__,
-        "peft": peft.__version__,
-        "accelerate": accelerate.__version__,
-        "datasets": datasets.__version__,
-    }
+    return {name: version(name) for name in ("torch", "transformers", "peft", "accelerate", "datasets")}
 
 
 def _score_line(record: Mapping[str, Any] | None) -> str:
