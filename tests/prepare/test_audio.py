@@ -128,19 +128,30 @@ def test_lossy_formats_keep_duration_and_level(speech, reference, tmp_path, suff
     assert _rms(decoded) == pytest.approx(expected_level, rel=0.1)
 
 
-def test_an_mp3_whose_header_overstates_its_length_decodes_to_what_it_holds(speech):
-    """ffmpeg encoding to a pipe cannot go back to write LAME's frame count, so libsndfile estimates the
-    length from the bitrate, and estimates more frames than the file holds. The decode ends where the data
-    does, and matches ffmpeg's decoder within 2^-14, ISO/IEC 11172-4's bound for a fully accurate MPEG
-    audio decoder (the same soxr resampling follows both)."""
+@pytest.mark.parametrize(
+    ("loud_first", "bitrate"),
+    [(False, ("-b:a", "128k")), (True, ("-q:a", "0"))],
+    ids=["cbr-overstated", "vbr-understated"],
+)
+def test_an_mp3_without_a_length_tag_decodes_to_what_it_holds(speech, loud_first, bitrate):
+    """ffmpeg encoding to a pipe cannot go back to write LAME's length tag, so libsndfile estimates the
+    length from the first frame's bitrate: espeak speech at a constant 128 kb/s is estimated too long (its
+    reads then came back short, and the decode ended with stale samples); a variable bitrate file whose
+    loud first second is followed by quiet speech is estimated far too short (libsndfile stops there). The
+    decode ends where the data does and matches ffmpeg's decoder within 2^-14, ISO/IEC 11172-4's bound for
+    a fully accurate MPEG audio decoder (the same soxr resampling follows both)."""
     samples, rate = speech
-    encode = ["ffmpeg", "-v", "error", "-f", "wav", "-i", "pipe:0", "-c:a", "libmp3lame", "-b:a", "128k"]
+    if loud_first:
+        burst = 0.5 * np.random.default_rng(0).standard_normal(rate).astype(np.float32)
+        samples = np.concatenate([burst, 0.05 * samples, np.zeros(5 * rate, np.float32)])
+    encode = ["ffmpeg", "-v", "error", "-f", "wav", "-i", "pipe:0", "-c:a", "libmp3lame", *bitrate]
     mp3 = subprocess.run([*encode, "-f", "mp3", "pipe:1"], input=_encode(samples, rate, "WAV", "FLOAT"),
                          capture_output=True, check=True).stdout  # fmt: skip
     pcm = subprocess.run(["ffmpeg", "-v", "error", "-i", "pipe:0", "-f", "f32le", "-ac", "1", "pipe:1"],
                          input=mp3, capture_output=True, check=True).stdout  # fmt: skip
     held = np.frombuffer(pcm, dtype="<f4")
-    assert sf.info(io.BytesIO(mp3)).frames > len(held)  # the case at hand: the header overstates
+    estimated = sf.info(io.BytesIO(mp3)).frames
+    assert estimated < len(held) / 2 if loud_first else estimated > len(held)  # the case at hand
     expected = soxr.resample(held, rate, SAMPLE_RATE, "HQ")
     decoded = decode_audio(mp3, name="piped.mp3")
     assert len(decoded) == len(expected)

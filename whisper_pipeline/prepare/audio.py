@@ -25,6 +25,12 @@ RESAMPLE_QUALITY = "HQ"  # soxr's high quality: the same filter in every run, no
 BLOCK_FRAMES = 1 << 17  # frames decoded and resampled at a time (about 3 s at 48 kHz)
 REGION_TOLERANCE_S = 0.1  # a region may overrun the decoded audio by this much (see `cut`)
 _SF_ERR_UNRECOGNISED_FORMAT = 1  # libsndfile's code for "these bytes are no format I know"
+# An MP3 states its length only in a Xing/Info (LAME) or VBRI tag inside its first frame. Without one,
+# libsndfile estimates the length from the first frame's bitrate and stops reading there: a 20 s VBR file
+# piped out of ffmpeg, loud first, decoded as 3.3 s. ffmpeg reads such a file to its end.
+MP3_LENGTH_TAGS = (b"Xing", b"Info", b"VBRI")
+MP3_FIRST_FRAME_BYTES = 1024  # more than any first frame holds before its tag
+UNTAGGED_MP3 = "an MP3 without a Xing, Info or VBRI tag, whose length libsndfile only estimates"
 
 
 class AudioDecodeError(Exception):
@@ -77,10 +83,11 @@ class _SampleBuffer:
 def decode_audio(data: bytes, *, name: str = "") -> np.ndarray:
     """Encoded audio (WAV, FLAC, MP3, OGG, ... at any rate and channel count) -> float32 mono at 16 kHz.
 
-    libsndfile decodes what it knows (WAV of any sample format, FLAC, MP3, OGG Vorbis/Opus); ffmpeg decodes
-    the rest (AAC/M4A, WebM, ...). Either way channels are averaged and soxr resamples, block by block
-    (BLOCK_FRAMES), so memory holds the 16 kHz result (460 MB for two hours) plus one block, never the
-    whole recording at its source rate (2.7 GB for two hours of 48 kHz stereo float).
+    libsndfile decodes what it knows (WAV of any sample format, FLAC, MP3 with a length tag, OGG
+    Vorbis/Opus); ffmpeg decodes the rest (AAC/M4A, WebM, MP3 without one: see MP3_LENGTH_TAGS). Either way
+    channels are averaged and soxr resamples, block by block (BLOCK_FRAMES), so memory holds the 16 kHz
+    result (460 MB for two hours) plus one block, never the whole recording at its source rate (2.7 GB for
+    two hours of 48 kHz stereo float).
     `name` only labels error messages. Raises AudioDecodeError.
     """
     label = name or "audio"
@@ -93,18 +100,30 @@ def decode_audio(data: bytes, *, name: str = "") -> np.ndarray:
         samples = _decode_with_ffmpeg(data, label, recognised=recognised, reader_error=error.error_string)
     else:
         with sound:
-            try:
-                samples = _downmix_resample(_file_blocks(sound), sound.samplerate, sound.frames)
-            except sf.LibsndfileError as error:  # a recognised file whose data breaks off (truncated FLAC)
-                raise AudioDecodeError(
-                    "corrupt_audio",
-                    f"{label}: its {sound.format} data cannot be decoded ({error.error_string})",
-                ) from None
+            if sound.format == "MP3" and not _mp3_states_its_length(data):
+                samples = _decode_with_ffmpeg(data, label, recognised=True, reader_error=UNTAGGED_MP3)
+            else:
+                try:
+                    samples = _downmix_resample(_file_blocks(sound), sound.samplerate, sound.frames)
+                except sf.LibsndfileError as error:  # recognised, but its data breaks off (truncated FLAC)
+                    raise AudioDecodeError(
+                        "corrupt_audio",
+                        f"{label}: its {sound.format} data cannot be decoded ({error.error_string})",
+                    ) from None
     if not len(samples):
         raise AudioDecodeError("empty_audio", f"{label}: the file holds no samples")
     if not np.isfinite(samples).all():
         raise AudioDecodeError("corrupt_audio", f"{label}: the samples hold NaN or infinity")
     return samples
+
+
+def _mp3_states_its_length(data: bytes) -> bool:
+    """Whether the first MPEG frame, after any ID3v2 tag, holds a length tag (MP3_LENGTH_TAGS)."""
+    start = 0
+    if data[:3] == b"ID3" and len(data) >= 10:  # 10-byte header, the size in 4 syncsafe bytes, a footer flag
+        start = 10 + (data[6] << 21 | data[7] << 14 | data[8] << 7 | data[9]) + (10 if data[5] & 0x10 else 0)
+    first_frame = data[start : start + MP3_FIRST_FRAME_BYTES]
+    return any(tag in first_frame for tag in MP3_LENGTH_TAGS)
 
 
 def _downmix_resample(blocks: Iterable[np.ndarray], rate: int, expected_frames: int) -> np.ndarray:
