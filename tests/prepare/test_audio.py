@@ -65,6 +65,13 @@ def _ffmpeg_encode(samples: np.ndarray, rate: int, path: Path, *codec: str) -> b
     return path.read_bytes()
 
 
+def _piped_mp3(samples: np.ndarray, rate: int, *bitrate: str) -> bytes:
+    """MP3 as ffmpeg writes it to a pipe: no Xing/Info tag, which it could only write by seeking back."""
+    encode = ["ffmpeg", "-v", "error", "-f", "wav", "-i", "pipe:0", "-c:a", "libmp3lame", *bitrate]
+    return subprocess.run([*encode, "-f", "mp3", "pipe:1"], input=_encode(samples, rate, "WAV", "FLOAT"),
+                          capture_output=True, check=True).stdout  # fmt: skip
+
+
 def _rms(samples: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.square(samples, dtype=np.float64))))
 
@@ -144,9 +151,7 @@ def test_an_mp3_without_a_length_tag_decodes_to_what_it_holds(speech, loud_first
     if loud_first:
         burst = 0.5 * np.random.default_rng(0).standard_normal(rate).astype(np.float32)
         samples = np.concatenate([burst, 0.05 * samples, np.zeros(5 * rate, np.float32)])
-    encode = ["ffmpeg", "-v", "error", "-f", "wav", "-i", "pipe:0", "-c:a", "libmp3lame", *bitrate]
-    mp3 = subprocess.run([*encode, "-f", "mp3", "pipe:1"], input=_encode(samples, rate, "WAV", "FLOAT"),
-                         capture_output=True, check=True).stdout  # fmt: skip
+    mp3 = _piped_mp3(samples, rate, *bitrate)
     pcm = subprocess.run(["ffmpeg", "-v", "error", "-i", "pipe:0", "-f", "f32le", "-ac", "1", "pipe:1"],
                          input=mp3, capture_output=True, check=True).stdout  # fmt: skip
     held = np.frombuffer(pcm, dtype="<f4")
@@ -156,6 +161,18 @@ def test_an_mp3_without_a_length_tag_decodes_to_what_it_holds(speech, loud_first
     decoded = decode_audio(mp3, name="piped.mp3")
     assert len(decoded) == len(expected)
     assert np.abs(decoded - expected).max() <= 2**-14
+
+
+def test_without_ffmpeg_an_mp3_without_a_length_tag_is_refused_not_cut_short(speech, tmp_path, monkeypatch):
+    mp3 = _piped_mp3(*speech, "-b:a", "128k")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no ffmpeg, no ffprobe
+    with pytest.raises(AudioDecodeError) as caught:
+        decode_audio(mp3, name="piped.mp3")
+    assert caught.value.reason == "unsupported_format"
+    assert str(caught.value) == (
+        "piped.mp3: libsndfile cannot read it (an MP3 without a Xing, Info or VBRI tag, whose length "
+        "libsndfile only estimates); ffmpeg is not installed"
+    )
 
 
 def test_zero_bytes_is_empty_audio():
