@@ -146,8 +146,8 @@ def _file_blocks(sound: sf.SoundFile) -> Iterator[np.ndarray]:
     """[frames, channels] blocks of up to BLOCK_FRAMES until the decoder has no more.
 
     Not SoundFile.blocks: it reads as many frames as the header announces and keeps its buffer when a read
-    comes back short, and an MP3's header count is an estimate (ffmpeg's LAME output of 5 minutes
-    announces 0.7 s more than it holds): the end of the recording came out a second time, or uninitialised
+    comes back short, so a count above what the data holds (an MP3 whose tag is wrong; untagged MP3s, whose
+    count is only an estimate, go to ffmpeg) gave the end of the recording a second time, or uninitialised
     memory for a file shorter than one block.
     """
     while len(block := sound.read(BLOCK_FRAMES, dtype="float32", always_2d=True)):
